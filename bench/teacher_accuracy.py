@@ -1,0 +1,48 @@
+"""Teacher accuracy on the default dataset with few and with all labels.
+
+  python bench/teacher_accuracy.py --out=runs/bench_teacher [--full_epochs=8]
+
+Trains the teacher of flags/fashion_mnist_teacher.cfg twice (400 labels per
+class, then all 60,000 labels), or reuses finished runs, and prints one JSON
+line per run with test top-1/top-5 and seconds per epoch on this machine.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_string("out", "runs/bench_teacher", "Folder for the runs.")
+flags.DEFINE_integer("labels_per_class", 400, "Labels per class of the few-label run.")
+flags.DEFINE_integer("few_epochs", 60, "Epochs of the few-label run.")
+flags.DEFINE_integer("full_epochs", 8, "Epochs of the all-label run.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    runs = [("labels_%d" % FLAGS.labels_per_class, FLAGS.labels_per_class, FLAGS.few_epochs),
+            ("labels_all", 0, FLAGS.full_epochs)]
+    for name, per_class, epochs in runs:
+        out = os.path.join(FLAGS.out, name)
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train.py"),
+                        "--flagfile=" + os.path.join(ROOT, "flags", "fashion_mnist_teacher.cfg"),
+                        f"--labels_per_class={per_class}", f"--epochs={epochs}",
+                        f"--out={out}", *argv[1:]], check=True)
+        with open(os.path.join(out, "metrics.json")) as f:
+            m = json.load(f)
+        print(json.dumps({
+            "bench": "teacher_accuracy", "run": name, "labeled": m["labeled_examples"],
+            "epochs": m["epochs"], "test_top1": round(m["test_top1"], 4),
+            "test_top5": round(m["test_top5"], 4),
+            "seconds_per_epoch": round(m["seconds_per_epoch"], 1),
+            "parameters": m["parameters"], "image_size": m["model"]["image_size"],
+            "backend": m["versions"]["backend"], "cpus": os.cpu_count(),
+            "machine": platform.machine()}), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,3 @@
+"""Input noise: RandAugment and the geometric train-time preprocessing."""
+
+from nstudent.augment.randaugment import IMPLEMENTATIONS, make_randaugment  # noqa: F401

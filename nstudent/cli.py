@@ -1,0 +1,110 @@
+"""Flags shared by the tools in tools/, and turning them into library objects."""
+
+from absl import flags, logging
+
+from nstudent import augment, data, models, training
+
+FLAGS = flags.FLAGS
+
+
+def define_data_flags():
+    flags.DEFINE_string(
+        "dataset", "fashion_mnist",
+        "fashion_mnist (embedded default: Debian's dataset-fashion-mnist files), "
+        "tfds:NAME, folder:PATH (PATH/<split>/<class>/<images>) or tfrecord:PATH "
+        "(PATH/<split>*.tfrecord* with 'image' bytes and 'label' int64).")
+    flags.DEFINE_string("train_split", "train", "Training split (TFDS split or subfolder).")
+    flags.DEFINE_string("test_split", "test", "Evaluation split.")
+    flags.DEFINE_integer("channels", 3, "Channels of folder/TFRecord images (1 or 3); "
+                         "an image with another count is an error.")
+    flags.DEFINE_integer("num_classes", 0, "Classes of a TFRecord dataset; 0: from "
+                         "dataset_info.json or the largest label.")
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder.")
+    flags.DEFINE_bool("tfds_download", False, "Let TFDS download a dataset that is not "
+                      "prepared locally (needs network).")
+    flags.DEFINE_bool("skip_corrupt_images", False, "Skip unreadable images in an image "
+                      "folder (counted in the log) instead of stopping.")
+
+
+def define_model_flags():
+    flags.DEFINE_enum("model", "b0", list(models.VARIANTS), "EfficientNet variant.")
+    flags.DEFINE_float("width_scale", 1.0, "Multiplies the variant's width coefficient.")
+    flags.DEFINE_float("depth_scale", 1.0, "Multiplies the variant's depth coefficient.")
+    flags.DEFINE_integer("stem_stride", 2, "Stride of the stem convolution; 1 suits "
+                         "28-32 px images.")
+    flags.DEFINE_integer("image_size", 0, "Training resolution; 0: the variant's.")
+    flags.DEFINE_float("dropout", -1.0, "Dropout before the classifier; <0: the variant's.")
+    flags.DEFINE_float("stochastic_depth", 0.2, "Stochastic depth drop rate of the last "
+                       "block (rising linearly from 0 at the first).")
+
+
+def define_train_flags():
+    flags.DEFINE_integer("batch_size", 128, "Labeled batch size.")
+    flags.DEFINE_integer("epochs", 30, "Epochs.")
+    flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0: one pass over the "
+                         "labeled examples.")
+    flags.DEFINE_enum("optimizer", "adamw", list(training.OPTIMIZERS), "Optimizer.")
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate (cosine decay).")
+    flags.DEFINE_float("weight_decay", 0.05, "Decoupled weight decay.")
+    flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up epochs.")
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
+    flags.DEFINE_integer("labels_per_class", 0, "Labeled examples kept per class; the "
+                         "rest of the train split is unlabeled. 0: all labeled.")
+    flags.DEFINE_integer("seed", 0, "Seed of the labeled subset, initialization and noise.")
+    flags.DEFINE_integer("randaugment_layers", 2, "RandAugment operations per image (N).")
+    flags.DEFINE_float("randaugment_magnitude", 9.0, "RandAugment magnitude M, 0-10.")
+    flags.DEFINE_enum("randaugment_impl", "keras_cv", list(augment.IMPLEMENTATIONS),
+                      "RandAugment implementation (see README).")
+    flags.DEFINE_bool("random_flip", True, "Random horizontal flips.")
+    flags.DEFINE_integer("crop_padding", 0, "Reflect-pad by this many pixels, then "
+                         "random-crop back.")
+    flags.DEFINE_bool("cache", True, "Cache decoded training images in memory.")
+    flags.DEFINE_string("jit_compile", "auto", "auto|true|false. auto: XLA on "
+                        "accelerators and on JAX, not on CPU with TensorFlow.")
+    flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                      "Keras dtype policy.")
+
+
+def load_dataset():
+    return data.load(
+        FLAGS.dataset, (FLAGS.train_split, FLAGS.test_split), channels=FLAGS.channels,
+        num_classes=FLAGS.num_classes, tfds_data_dir=FLAGS.tfds_data_dir,
+        tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images)
+
+
+def model_config(info):
+    return models.ModelConfig(
+        variant=FLAGS.model, num_classes=info.num_classes, channels=info.channels,
+        image_size=FLAGS.image_size, width_scale=FLAGS.width_scale,
+        depth_scale=FLAGS.depth_scale, stem_stride=FLAGS.stem_stride,
+        dropout=FLAGS.dropout, stochastic_depth=FLAGS.stochastic_depth)
+
+
+def input_config(image_size, batch_size=None):
+    return data.InputConfig(
+        image_size=image_size, batch_size=batch_size or FLAGS.batch_size,
+        randaugment_layers=FLAGS.randaugment_layers,
+        randaugment_magnitude=FLAGS.randaugment_magnitude,
+        randaugment_impl=FLAGS.randaugment_impl, random_flip=FLAGS.random_flip,
+        crop_padding=FLAGS.crop_padding, cache=FLAGS.cache)
+
+
+def train_config():
+    return training.TrainConfig(
+        epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
+        optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
+        weight_decay=FLAGS.weight_decay, warmup_epochs=FLAGS.warmup_epochs,
+        label_smoothing=FLAGS.label_smoothing, jit_compile=FLAGS.jit_compile)
+
+
+def setup_runtime():
+    """Precision policy and seeds; logs the backend so every run says what it ran on."""
+    import keras
+
+    import logging as py_logging
+
+    py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)  # export chatter
+    keras.mixed_precision.set_global_policy(FLAGS.precision)
+    keras.utils.set_random_seed(FLAGS.seed)
+    logging.info("Keras %s, backend %s, precision %s", keras.__version__,
+                 keras.backend.backend(), FLAGS.precision)

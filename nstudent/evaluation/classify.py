@@ -1,0 +1,90 @@
+"""Loading any exported model for inference, and top-1/top-5 accuracy."""
+
+import dataclasses
+import os
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nstudent.export.atomic import read_json
+
+MODEL_INFO = "model_info.json"
+KERAS_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+
+
+@dataclasses.dataclass
+class Classifier:
+    """probabilities(float32 images in [0, 255], [B, H, W, C]) -> numpy [B, classes]."""
+
+    probabilities: Callable
+    path: str
+    kind: str  # "keras" or "saved_model"
+    info: Optional[dict]  # model_info.json of the run, when there is one
+    keras_model: Optional[keras.Model] = None
+
+    @property
+    def image_size(self):
+        return self.info["image_size"] if self.info else None
+
+
+def _run_info(run_dir):
+    path = os.path.join(run_dir, MODEL_INFO)
+    return read_json(path) if os.path.exists(path) else None
+
+
+def load_classifier(path, prefer="saved_model"):
+    """Opens a run folder, a `.keras` file or a SavedModel folder."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No model at {path!r}.")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        order = [SAVED_MODEL_DIR, KERAS_FILE]
+        if prefer == "keras":
+            order.reverse()
+        for name in order:
+            if os.path.exists(os.path.join(path, name)):
+                return load_classifier(os.path.join(path, name))
+        raise FileNotFoundError(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
+    info = _run_info(os.path.dirname(os.path.abspath(path)))
+    if path.endswith(".keras"):
+        model = keras.saving.load_model(path, compile=False)
+
+        def probabilities(images):
+            logits = np.asarray(model.predict_on_batch(images), np.float64)
+            e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+        return Classifier(probabilities, path, "keras", info, model)
+    loaded = tf.saved_model.load(path)
+    if "serving_default" not in loaded.signatures:
+        raise ValueError(f"SavedModel {path!r} has no serving_default signature.")
+    serve = loaded.signatures["serving_default"]
+
+    def probabilities(images):
+        images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
+        return serve(images=images)["probabilities"].numpy()
+
+    classifier = Classifier(probabilities, path, "saved_model", info)
+    classifier._loaded = loaded  # keeps the variables alive
+    return classifier
+
+
+def top_k_accuracy(classifier, batches, num_classes):
+    """Top-1 and top-5 over (float images, one-hot labels) batches, and the count."""
+    correct1 = correct5 = total = 0
+    k = min(5, num_classes)
+    for images, labels in batches.as_numpy_iterator():
+        probs = classifier.probabilities(images)
+        if probs.shape[-1] != num_classes:
+            raise ValueError(f"The model predicts {probs.shape[-1]} classes but the "
+                             f"dataset has {num_classes}.")
+        truth = np.argmax(np.asarray(labels), axis=-1)
+        top = np.argsort(-probs, axis=-1)[:, :k]
+        correct1 += int(np.sum(top[:, 0] == truth))
+        correct5 += int(np.sum(np.any(top == truth[:, None], axis=-1)))
+        total += len(truth)
+    if not total:
+        raise ValueError("The evaluation split is empty.")
+    return {"top1": correct1 / total, "top5": correct5 / total, "examples": total}

@@ -1,0 +1,5 @@
+"""Writing artifacts: atomic files and folders, `.keras` and SavedModel exports."""
+
+from nstudent.export.atomic import atomic_path, read_json, write_json  # noqa: F401
+from nstudent.export.saved_model import export_saved_model, save_keras  # noqa: F401
+from nstudent.export.run import METRICS, is_finished, write_run  # noqa: F401

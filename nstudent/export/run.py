@@ -1,0 +1,27 @@
+"""A finished run folder: model.keras, saved_model/, model_info.json, metrics.json.
+
+metrics.json is written last, so its presence means every other artifact is
+complete; each artifact itself is written to a temporary path and renamed.
+"""
+
+import os
+
+from nstudent.export.atomic import write_json
+from nstudent.export.saved_model import export_saved_model, save_keras
+
+METRICS = "metrics.json"
+
+
+def is_finished(out_dir):
+    return os.path.exists(os.path.join(out_dir, METRICS))
+
+
+def write_run(out_dir, model, model_config, dataset_info, metrics):
+    image_size = model_config.resolved_image_size
+    write_json(os.path.join(out_dir, "model_info.json"), {
+        "model": model_config.to_dict(), "image_size": image_size,
+        "dataset": dataset_info.to_dict()})
+    save_keras(model, os.path.join(out_dir, "model.keras"))
+    export_saved_model(model, os.path.join(out_dir, "saved_model"), image_size,
+                       model_config.channels)
+    write_json(os.path.join(out_dir, METRICS), metrics)

@@ -1,0 +1,40 @@
+"""Exports: a `.keras` file and a TF Serving SavedModel on raw uint8 images.
+
+The SavedModel's `serving_default` takes uint8 images [batch, H, W, C] of any
+H and W, resizes them to the training resolution and returns `probabilities`
+(float32 [batch, classes]) and `classes` (int64 [batch]). The Keras part of
+the graph comes from Keras' ExportArchive, so the same code exports under the
+TensorFlow and the JAX backend (through jax2tf); the resize and softmax around
+it are plain TensorFlow.
+"""
+
+import keras
+import tensorflow as tf
+
+from nstudent.data.pipeline import resize
+from nstudent.export.atomic import atomic_path
+
+
+def save_keras(model, path):
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def export_saved_model(model, path, image_size, channels):
+    archive = keras.export.ExportArchive()
+    logits_fn = archive.track_and_add_endpoint(
+        "logits", model,
+        input_signature=[tf.TensorSpec((None, image_size, image_size, channels), tf.float32)])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, channels), tf.uint8,
+                                                name="images")])
+    def serve(images):
+        images = resize(images, image_size)
+        logits = tf.cast(logits_fn(tf.cast(images, tf.float32)), tf.float32)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        return {"probabilities": probabilities,
+                "classes": tf.argmax(probabilities, axis=-1)}
+
+    archive.add_endpoint("serving_default", serve)
+    with atomic_path(path) as tmp:
+        archive.write_out(tmp, verbose=False)

@@ -1,0 +1,5 @@
+"""EfficientNet family with dropout and stochastic depth."""
+
+from nstudent.models.efficientnet import (  # noqa: F401
+    VARIANTS, ModelConfig, block_names, build_efficientnet, round_filters, stage_plan)
+from nstudent.models.layers import stochastic_depth  # noqa: F401

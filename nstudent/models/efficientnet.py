@@ -1,0 +1,228 @@
+"""EfficientNet B0-B7 and L2 from one builder, with the noise Noisy Student needs.
+
+The model is fully convolutional up to global pooling and takes inputs of any
+spatial size, so a generation can be fine-tuned or served at another
+resolution without rebuilding. Inputs are float pixels in [0, 255]; the output
+is logits (softmax lives in the loss and in the serving signature).
+"""
+
+import dataclasses
+import math
+
+import keras
+from keras import layers
+
+from nstudent.models.layers import stochastic_depth
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockArgs:
+    kernel_size: int
+    repeats: int
+    filters_in: int
+    filters_out: int
+    expand_ratio: int
+    strides: int
+    se_ratio: float = 0.25
+
+
+# The seven MBConv stages of EfficientNet-B0 (Tan & Le, 2019, table 1).
+B0_STAGES = (
+    BlockArgs(3, 1, 32, 16, 1, 1),
+    BlockArgs(3, 2, 16, 24, 6, 2),
+    BlockArgs(5, 2, 24, 40, 6, 2),
+    BlockArgs(3, 3, 40, 80, 6, 2),
+    BlockArgs(5, 3, 80, 112, 6, 1),
+    BlockArgs(5, 4, 112, 192, 6, 2),
+    BlockArgs(3, 1, 192, 320, 6, 1),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+
+
+# Compound scaling table; L2 is the Noisy Student paper's wider, deeper model.
+VARIANTS = {
+    "b0": Variant(1.0, 1.0, 224, 0.2),
+    "b1": Variant(1.0, 1.1, 240, 0.2),
+    "b2": Variant(1.1, 1.2, 260, 0.3),
+    "b3": Variant(1.2, 1.4, 300, 0.3),
+    "b4": Variant(1.4, 1.8, 380, 0.4),
+    "b5": Variant(1.6, 2.2, 456, 0.4),
+    "b6": Variant(1.8, 2.6, 528, 0.5),
+    "b7": Variant(2.0, 3.1, 600, 0.5),
+    "l2": Variant(4.3, 5.3, 800, 0.5),
+}
+
+STEM_FILTERS = 32
+HEAD_FILTERS = 1280
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a network; saved next to every model."""
+
+    variant: str = "b0"
+    num_classes: int = 1000
+    channels: int = 3
+    image_size: int = 0  # 0: the variant's resolution
+    width_scale: float = 1.0  # multiplies the variant's width coefficient
+    depth_scale: float = 1.0  # multiplies the variant's depth coefficient
+    stem_stride: int = 2  # 1 keeps detail on 28-32 px images
+    dropout: float = -1.0  # <0: the variant's rate
+    stochastic_depth: float = 0.2  # drop rate of the last block
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(
+                f"Unknown EfficientNet variant {self.variant!r}; "
+                f"choose one of {', '.join(VARIANTS)}.")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {self.stem_stride}.")
+        for name in ("dropout", "stochastic_depth"):
+            if getattr(self, name) >= 1.0:
+                raise ValueError(f"{name} must be < 1, got {getattr(self, name)}.")
+
+    @property
+    def resolved_image_size(self):
+        return self.image_size or VARIANTS[self.variant].resolution
+
+    @property
+    def resolved_dropout(self):
+        return VARIANTS[self.variant].dropout if self.dropout < 0 else self.dropout
+
+    @property
+    def width(self):
+        return VARIANTS[self.variant].width * self.width_scale
+
+    @property
+    def depth(self):
+        return VARIANTS[self.variant].depth * self.depth_scale
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+def round_filters(filters, width, divisor=8):
+    """Scales channels by `width`, rounded to a multiple of `divisor`."""
+    filters *= width
+    rounded = max(divisor, int(filters + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * filters:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats, depth):
+    return int(math.ceil(depth * repeats))
+
+
+def _conv(filters, kernel_size=1, strides=1, name=None):
+    return layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False,
+        kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal"),
+        name=name)
+
+
+def _bn(name):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+def mbconv_block(x, args, drop_rate, name):
+    """Inverted residual block with squeeze-excitation; residual when shapes match."""
+    inputs = x
+    filters = args.filters_in * args.expand_ratio
+    if args.expand_ratio != 1:
+        x = _conv(filters, name=name + "expand_conv")(x)
+        x = _bn(name + "expand_bn")(x)
+        x = layers.Activation("swish", name=name + "expand_activation")(x)
+    x = layers.DepthwiseConv2D(
+        args.kernel_size, strides=args.strides, padding="same", use_bias=False,
+        depthwise_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal"),
+        name=name + "dwconv")(x)
+    x = _bn(name + "bn")(x)
+    x = layers.Activation("swish", name=name + "activation")(x)
+    if args.se_ratio:
+        squeezed = max(1, int(args.filters_in * args.se_ratio))
+        se = layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(x)
+        se = layers.Conv2D(squeezed, 1, activation="swish", name=name + "se_reduce")(se)
+        se = layers.Conv2D(filters, 1, activation="sigmoid", name=name + "se_expand")(se)
+        x = layers.Multiply(name=name + "se_excite")([x, se])
+    x = _conv(args.filters_out, name=name + "project_conv")(x)
+    x = _bn(name + "project_bn")(x)
+    if args.strides == 1 and args.filters_in == args.filters_out:
+        if drop_rate > 0:
+            x = stochastic_depth(drop_rate, name=name + "drop_path")(x)
+        x = layers.Add(name=name + "add")([x, inputs])
+    return x
+
+
+def stage_plan(config):
+    """Per-block arguments after width/depth scaling, named like Keras' blocks."""
+    plan = []
+    for stage, base in enumerate(B0_STAGES, start=1):
+        args = dataclasses.replace(
+            base,
+            filters_in=round_filters(base.filters_in, config.width),
+            filters_out=round_filters(base.filters_out, config.width),
+            repeats=round_repeats(base.repeats, config.depth))
+        for i in range(args.repeats):
+            block = args if i == 0 else dataclasses.replace(
+                args, filters_in=args.filters_out, strides=1)
+            plan.append((f"block{stage}{chr(ord('a') + i)}_", block))
+    return plan
+
+
+def build_efficientnet(config):
+    """Builds the network described by a `ModelConfig`."""
+    inputs = keras.Input((None, None, config.channels), name="images")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = _conv(round_filters(STEM_FILTERS, config.width), 3, config.stem_stride,
+              name="stem_conv")(x)
+    x = _bn("stem_bn")(x)
+    x = layers.Activation("swish", name="stem_activation")(x)
+
+    plan = stage_plan(config)
+    last = max(len(plan) - 1, 1)
+    for index, (name, args) in enumerate(plan):
+        # Drop rate rises linearly with depth and reaches the flag at the last block.
+        x = mbconv_block(x, args, config.stochastic_depth * index / last, name)
+
+    x = _conv(round_filters(HEAD_FILTERS, config.width), name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    x = layers.Activation("swish", name="top_activation")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if config.resolved_dropout > 0:
+        x = layers.Dropout(config.resolved_dropout, name="top_dropout")(x)
+    outputs = layers.Dense(
+        config.num_classes, dtype="float32", name="logits",
+        kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform"),
+    )(x)
+    return keras.Model(inputs, outputs, name=f"efficientnet_{config.variant}")
+
+
+def block_names(model):
+    """The model's MBConv block prefixes in depth order (for freezing, issue 4)."""
+    seen = []
+    for layer in model.layers:
+        if layer.name.startswith("block"):
+            prefix = layer.name.split("_")[0]
+            if prefix not in seen:
+                seen.append(prefix)
+    return seen

@@ -1,0 +1,83 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import random_images
+from nstudent.evaluation import load_classifier
+from nstudent.export import atomic_path, export_saved_model, save_keras
+
+
+def test_atomic_path_keeps_old_target_when_writing_fails(tmp_path):
+    target = tmp_path / "saved_model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(target)) as tmp:
+            os.makedirs(tmp)
+            open(os.path.join(tmp, "half.txt"), "w").write("half")
+            raise RuntimeError("killed mid-write")
+    assert os.listdir(target) == ["old.txt"]
+    assert os.listdir(tmp_path) == ["saved_model"]  # no temporary left behind
+    with atomic_path(str(target)) as tmp:
+        os.makedirs(tmp)
+        open(os.path.join(tmp, "new.txt"), "w").write("new")
+    assert os.listdir(target) == ["new.txt"]
+
+
+def _softmax(logits):
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture
+def exported(tmp_path, tiny_model):
+    path = str(tmp_path / "saved_model")
+    export_saved_model(tiny_model, path, image_size=16, channels=1)
+    return path
+
+
+def test_saved_model_matches_in_memory_model(exported, tiny_model):
+    images = random_images(6, 16, 1)
+    expected = _softmax(np.asarray(tiny_model(images.astype("float32"), training=False)))
+    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    out = serve(images=tf.constant(images))
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(out["classes"].numpy(), expected.argmax(-1))
+    assert out["classes"].dtype == tf.int64
+
+
+def test_saved_model_resizes_raw_images_of_any_size(exported, tiny_model):
+    images = random_images(3, 40, 1)
+    resized = tf.cast(tf.round(tf.image.resize(images, (16, 16), antialias=True)), tf.uint8)
+    expected = _softmax(np.asarray(tiny_model(tf.cast(resized, tf.float32), training=False)))
+    serve = tf.saved_model.load(exported).signatures["serving_default"]
+    got = serve(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_saved_model_cli_lists_serving_default(exported):
+    cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]  # saved_model_cli
+    out = subprocess.run(cli + ["show", "--dir", exported, "--all"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "signature_def['serving_default']" in out
+    assert "DT_UINT8" in out and "probabilities" in out and "classes" in out
+
+
+def test_keras_file_round_trip(tmp_path, tiny_model):
+    path = str(tmp_path / "model.keras")
+    save_keras(tiny_model, path)
+    classifier = load_classifier(path)
+    images = random_images(4, 16, 1).astype("float32")
+    expected = _softmax(np.asarray(tiny_model(images, training=False)))
+    np.testing.assert_allclose(classifier.probabilities(images), expected, atol=1e-5)
+
+
+def test_missing_model_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No model at"):
+        load_classifier(str(tmp_path / "gen7"))
+    with pytest.raises(FileNotFoundError, match="neither model.keras nor saved_model"):
+        load_classifier(str(tmp_path))

@@ -1,0 +1,89 @@
+"""The absl binaries end to end, under the TensorFlow and the JAX backend."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = [
+    "--dataset=fashion_mnist", "--labels_per_class=8", "--model=b0",
+    "--width_scale=0.25", "--depth_scale=0.25", "--image_size=16", "--batch_size=16",
+    "--epochs=2", "--steps_per_epoch=3", "--randaugment_magnitude=5",
+]
+needs_fmnist = pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+    reason="Debian's dataset-fashion-mnist is not installed")
+
+
+def run_tool(name, *args, backend="tensorflow"):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+
+
+BACKENDS = [
+    "tensorflow",
+    pytest.param("jax", marks=pytest.mark.skipif(
+        importlib.util.find_spec("jax") is None, reason="jax is not installed")),
+]
+
+
+@needs_fmnist
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_exports_and_evaluate_agrees(tmp_path, backend):
+    out = str(tmp_path / "teacher")
+    result = run_tool("train.py", *TINY_FLAGS, f"--out={out}", backend=backend)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("model.keras", "saved_model/saved_model.pb", "model_info.json",
+                 "metrics.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "logs"))  # TensorBoard
+    assert not [f for f in os.listdir(out) if ".tmp-" in f]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["labeled_examples"] == 80 and metrics["unlabeled_examples"] == 59920
+    assert metrics["versions"]["backend"] == backend
+    # The training step must really be compiled: XLA on JAX, a graph on TF-CPU.
+    assert metrics["jit_compile"] == (backend == "jax")
+
+    for prefer in ("saved_model", "keras"):
+        result = run_tool("evaluate.py", f"--model={out}", f"--prefer={prefer}",
+                          f"--output={tmp_path}/eval.json", backend=backend)
+        assert result.returncode == 0, result.stderr[-3000:]
+        evaluated = json.load(open(tmp_path / "eval.json"))
+        assert evaluated["examples"] == 10000
+        assert evaluated["top1"] == pytest.approx(metrics["test_top1"], abs=2e-3)
+        assert evaluated["top5"] == pytest.approx(metrics["test_top5"], abs=2e-3)
+
+
+@needs_fmnist
+def test_finished_run_is_not_redone(tmp_path):
+    out = tmp_path / "teacher"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    result = run_tool("train.py", *TINY_FLAGS, f"--out={out}")
+    assert result.returncode == 0
+    assert "already holds a finished run" in result.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--dataset=mnist_v9", "Unknown dataset 'mnist_v9'"),
+    ("--dataset=folder:/no/such/folder", "does not exist"),
+    ("--labels_per_class=7000", "class 0 has only 6000"),
+])
+def test_train_bad_input_gives_one_clear_error(tmp_path, flag, message):
+    if "labels_per_class" in flag and not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("needs Fashion-MNIST")
+    result = run_tool("train.py", *TINY_FLAGS, flag, f"--out={tmp_path}/x")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "x" / "model.keras")
+
+
+def test_help_lists_flags():
+    result = run_tool("train.py", "--helpfull")
+    assert result.returncode in (0, 1)
+    assert "--labels_per_class" in result.stdout and "--randaugment_magnitude" in result.stdout

@@ -1,0 +1,58 @@
+"""Top-1/top-5 accuracy of an exported model (run folder, .keras or SavedModel).
+
+  python tools/evaluate.py --model=runs/teacher --dataset=fashion_mnist --split=test
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+from nstudent import cli  # noqa: E402
+from nstudent.data import DataError  # noqa: E402
+
+cli.define_data_flags()
+flags.DEFINE_string("model", None, "Run folder, .keras file or SavedModel folder.",
+                    required=True)
+flags.DEFINE_enum("prefer", "saved_model", ["saved_model", "keras"],
+                  "Which export of a run folder to load.")
+flags.DEFINE_string("split", "test", "Split to evaluate.")
+flags.DEFINE_integer("image_size", 0, "Resize images to this; 0: the run's training size.")
+flags.DEFINE_integer("batch_size", 256, "Batch size.")
+flags.DEFINE_string("output", None, "Also write the metrics to this JSON file.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from nstudent import data, evaluation, export
+
+    try:
+        classifier = evaluation.load_classifier(FLAGS.model, prefer=FLAGS.prefer)
+        info, splits = data.load(
+            FLAGS.dataset, (FLAGS.split,), channels=FLAGS.channels,
+            num_classes=FLAGS.num_classes, tfds_data_dir=FLAGS.tfds_data_dir,
+            tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images)
+        size = FLAGS.image_size or classifier.image_size or info.image_size
+        if not size:
+            raise ValueError("Cannot tell the image size: pass --image_size.")
+        batches = data.eval_dataset(splits[FLAGS.split].dataset(), info.num_classes,
+                                    data.InputConfig(image_size=size,
+                                                     batch_size=FLAGS.batch_size))
+        metrics = evaluation.top_k_accuracy(classifier, batches, info.num_classes)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    metrics.update(model=os.path.abspath(classifier.path), format=classifier.kind,
+                   dataset=FLAGS.dataset, split=FLAGS.split, image_size=size)
+    print(f"{FLAGS.dataset}:{FLAGS.split} ({metrics['examples']} images, {size} px) "
+          f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  [{classifier.kind}]")
+    if FLAGS.output:
+        export.write_json(FLAGS.output, metrics)
+    logging.info("done")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
