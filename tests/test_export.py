@@ -81,3 +81,16 @@ def test_missing_model_is_named(tmp_path):
         load_classifier(str(tmp_path / "gen7"))
     with pytest.raises(FileNotFoundError, match="neither model.keras nor saved_model"):
         load_classifier(str(tmp_path))
+
+
+def test_evaluating_unknown_classes_or_channels_is_refused(tmp_path, tiny_model):
+    from nstudent.data import DatasetInfo
+    from nstudent.evaluation.classify import Classifier
+
+    info = {"dataset": {"class_names": ["a", "b", "c", "d"]}, "image_size": 16}
+    classifier = Classifier(None, "m", "keras", info, channels=1)
+    classifier.check_dataset(DatasetInfo("ok", 4, 1, ("a", "b", "c", "d")))
+    with pytest.raises(ValueError, match="not trained on: zebra"):
+        classifier.check_dataset(DatasetInfo("zoo", 4, 1, ("a", "b", "c", "zebra")))
+    with pytest.raises(ValueError, match="takes 1-channel images but rgb has 3"):
+        classifier.check_dataset(DatasetInfo("rgb", 4, 3, ("a", "b", "c", "d")))

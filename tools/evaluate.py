@@ -34,6 +34,7 @@ def main(argv):
             FLAGS.dataset, (FLAGS.split,), channels=FLAGS.channels,
             num_classes=FLAGS.num_classes, tfds_data_dir=FLAGS.tfds_data_dir,
             tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images)
+        classifier.check_dataset(info)
         size = FLAGS.image_size or classifier.image_size or info.image_size
         if not size:
             raise ValueError("Cannot tell the image size: pass --image_size.")

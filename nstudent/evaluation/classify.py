@@ -23,11 +23,26 @@ class Classifier:
     path: str
     kind: str  # "keras" or "saved_model"
     info: Optional[dict]  # model_info.json of the run, when there is one
+    channels: int
     keras_model: Optional[keras.Model] = None
 
     @property
     def image_size(self):
         return self.info["image_size"] if self.info else None
+
+    def check_dataset(self, dataset_info):
+        """Stops before inference when the data cannot be what the model was trained on."""
+        if dataset_info.channels != self.channels:
+            raise ValueError(f"The model takes {self.channels}-channel images but "
+                             f"{dataset_info.name} has {dataset_info.channels} channels.")
+        trained = self.info and self.info.get("dataset", {}).get("class_names")
+        unknown = sorted(set(dataset_info.class_names) - set(trained or ()))
+        if trained and unknown:
+            raise ValueError(f"{dataset_info.name} has classes the model was not trained "
+                             f"on: {', '.join(unknown)}.")
+        if list(dataset_info.class_names) != list(trained or dataset_info.class_names):
+            raise ValueError(f"{dataset_info.name} orders its classes differently from "
+                             "the model's training data.")
 
 
 def _run_info(run_dir):
@@ -56,7 +71,7 @@ def load_classifier(path, prefer="saved_model"):
             e = np.exp(logits - logits.max(axis=-1, keepdims=True))
             return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
-        return Classifier(probabilities, path, "keras", info, model)
+        return Classifier(probabilities, path, "keras", info, model.input_shape[-1], model)
     loaded = tf.saved_model.load(path)
     if "serving_default" not in loaded.signatures:
         raise ValueError(f"SavedModel {path!r} has no serving_default signature.")
@@ -66,7 +81,8 @@ def load_classifier(path, prefer="saved_model"):
         images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
         return serve(images=images)["probabilities"].numpy()
 
-    classifier = Classifier(probabilities, path, "saved_model", info)
+    channels = serve.structured_input_signature[1]["images"].shape[-1]
+    classifier = Classifier(probabilities, path, "saved_model", info, channels)
     classifier._loaded = loaded  # keeps the variables alive
     return classifier
 
