@@ -46,6 +46,7 @@ def test_train_exports_and_evaluate_agrees(tmp_path, backend):
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["labeled_examples"] == 80 and metrics["unlabeled_examples"] == 59920
     assert metrics["versions"]["backend"] == backend
+    assert metrics["seconds_per_epoch"] > 0 and metrics["train_images_per_second"] > 0
     # The training step must really be compiled: XLA on JAX, a graph on TF-CPU.
     assert metrics["jit_compile"] == (backend == "jax")
 
@@ -84,6 +85,6 @@ def test_train_bad_input_gives_one_clear_error(tmp_path, flag, message):
 
 
 def test_help_lists_flags():
-    result = run_tool("train.py", "--helpfull")
-    assert result.returncode in (0, 1)
+    result = run_tool("train.py", "--help")
+    assert result.returncode == 0
     assert "--labels_per_class" in result.stdout and "--randaugment_magnitude" in result.stdout

@@ -21,6 +21,7 @@ flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("image_size", 0, "Resize images to this; 0: the run's training size.")
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
 flags.DEFINE_string("output", None, "Also write the metrics to this JSON file.")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 

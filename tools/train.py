@@ -20,6 +20,7 @@ cli.define_model_flags()
 cli.define_train_flags()
 flags.DEFINE_string("out", None, "Output folder of the run.", required=True)
 flags.DEFINE_bool("overwrite", False, "Train again even if <out> holds a finished run.")
+flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 

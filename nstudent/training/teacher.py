@@ -41,14 +41,17 @@ def train_teacher(out_dir, info, train_split, test_split, model_config, input_co
                  model.count_params(), model_config.resolved_image_size,
                  len(models.block_names(model)))
     compile_for_training(model, train_config, steps)
-    history, seconds_per_epoch = fit(model, train_ds, steps, train_config.epochs,
-                                     f"{out_dir}/logs")
+    history, epoch_seconds = fit(model, train_ds, steps, train_config.epochs,
+                                 f"{out_dir}/logs")
+    steady = float(np.median(epoch_seconds[1:] or epoch_seconds))  # without tracing
     scores = model.evaluate(test_ds, verbose=0, return_dict=True)
     metrics = {
         "test_top1": float(scores["top1"]), "test_top5": float(scores["top5"]),
         "test_examples": len(test_split), "labeled_examples": int(len(labeled)),
         "unlabeled_examples": int(len(unlabeled)), "epochs": train_config.epochs,
-        "steps_per_epoch": steps, "seconds_per_epoch": seconds_per_epoch,
+        "steps_per_epoch": steps, "seconds_per_epoch": steady,
+        "seconds_first_epoch": epoch_seconds[0],
+        "train_images_per_second": steps * input_config.batch_size / steady,
         "train_top1_last_epoch": float(history["top1"][-1]),
         "parameters": int(model.count_params()), "dataset": info.name,
         "model": model_config.to_dict(), "versions": versions(),
