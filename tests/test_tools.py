@@ -86,5 +86,5 @@ def test_train_bad_input_gives_one_clear_error(tmp_path, flag, message):
 
 def test_help_lists_flags():
     result = run_tool("train.py", "--help")
-    assert result.returncode == 0
+    assert result.returncode in (0, 1)  # absl exits 1 after printing help
     assert "--labels_per_class" in result.stdout and "--randaugment_magnitude" in result.stdout
