@@ -39,7 +39,7 @@ def main(argv):
             "epochs": m["epochs"], "test_top1": round(m["test_top1"], 4),
             "test_top5": round(m["test_top5"], 4),
             "seconds_per_epoch": round(m["seconds_per_epoch"], 1),
-            "train_images_per_second": round(m.get("train_images_per_second", 0)),
+            "train_images_per_second": round(m["train_images_per_second"]),
             "parameters": m["parameters"], "image_size": m["model"]["image_size"],
             "backend": m["versions"]["backend"], "cpus": os.cpu_count(),
             "machine": platform.machine()}), flush=True)

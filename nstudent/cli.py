@@ -65,9 +65,11 @@ def define_train_flags():
                       "Keras dtype policy.")
 
 
-def load_dataset():
+def load_dataset(split_names=None):
+    """The --dataset's splits: --train_split and --test_split unless named."""
     return data.load(
-        FLAGS.dataset, (FLAGS.train_split, FLAGS.test_split), channels=FLAGS.channels,
+        FLAGS.dataset, split_names or (FLAGS.train_split, FLAGS.test_split),
+        channels=FLAGS.channels,
         num_classes=FLAGS.num_classes, tfds_data_dir=FLAGS.tfds_data_dir,
         tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images)
 

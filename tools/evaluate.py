@@ -31,10 +31,7 @@ def main(argv):
 
     try:
         classifier = evaluation.load_classifier(FLAGS.model, prefer=FLAGS.prefer)
-        info, splits = data.load(
-            FLAGS.dataset, (FLAGS.split,), channels=FLAGS.channels,
-            num_classes=FLAGS.num_classes, tfds_data_dir=FLAGS.tfds_data_dir,
-            tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images)
+        info, splits = cli.load_dataset((FLAGS.split,))
         classifier.check_dataset(info)
         size = FLAGS.image_size or classifier.image_size or info.image_size
         if not size:

@@ -35,14 +35,14 @@ class Classifier:
         if dataset_info.channels != self.channels:
             raise ValueError(f"The model takes {self.channels}-channel images but "
                              f"{dataset_info.name} has {dataset_info.channels} channels.")
-        trained = self.info and self.info.get("dataset", {}).get("class_names")
-        unknown = sorted(set(dataset_info.class_names) - set(trained or ()))
-        if trained and unknown:
-            raise ValueError(f"{dataset_info.name} has classes the model was not trained "
-                             f"on: {', '.join(unknown)}.")
-        if list(dataset_info.class_names) != list(trained or dataset_info.class_names):
-            raise ValueError(f"{dataset_info.name} orders its classes differently from "
-                             "the model's training data.")
+        trained = (self.info or {}).get("dataset", {}).get("class_names")
+        names = list(dataset_info.class_names)
+        if trained and names != list(trained):
+            unknown = sorted(set(names) - set(trained))
+            raise ValueError(
+                f"{dataset_info.name} has classes the model was not trained on: "
+                f"{', '.join(unknown)}." if unknown else
+                f"{dataset_info.name} has classes {names}, the model {list(trained)}.")
 
 
 def _run_info(run_dir):
