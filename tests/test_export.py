@@ -46,7 +46,12 @@ def test_saved_model_matches_in_memory_model(exported, tiny_model):
     serve = tf.saved_model.load(exported).signatures["serving_default"]
     out = serve(images=tf.constant(images))
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
-    np.testing.assert_array_equal(out["classes"].numpy(), expected.argmax(-1))
+    classes = out["classes"].numpy()
+    np.testing.assert_array_equal(classes, out["probabilities"].numpy().argmax(-1))
+    # An untrained model can nearly tie two classes; where it does not, argmax agrees.
+    top2 = np.sort(expected, -1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4
+    np.testing.assert_array_equal(classes[clear], expected.argmax(-1)[clear])
     assert out["classes"].dtype == tf.int64
 
 
