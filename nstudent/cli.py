@@ -7,6 +7,15 @@ from nstudent import augment, data, models, training
 FLAGS = flags.FLAGS
 
 
+def define_shared_flags():
+    """Every tool takes every shared flag, so one flagfile serves all the stages."""
+    define_data_flags()
+    define_model_flags()
+    define_train_flags()
+    define_pseudo_label_flags()
+    define_student_flags()
+
+
 def define_data_flags():
     flags.DEFINE_string(
         "dataset", "fashion_mnist",
@@ -24,6 +33,9 @@ def define_data_flags():
                       "prepared locally (needs network).")
     flags.DEFINE_bool("skip_corrupt_images", False, "Skip unreadable images in an image "
                       "folder (counted in the log) instead of stopping.")
+    flags.DEFINE_integer("labels_per_class", 0, "Labeled examples kept per class; the "
+                         "rest of the train split is unlabeled. 0: all labeled.")
+    flags.DEFINE_integer("seed", 0, "Seed of the labeled subset, initialization and noise.")
 
 
 def define_model_flags():
@@ -48,9 +60,6 @@ def define_train_flags():
     flags.DEFINE_float("weight_decay", 0.05, "Decoupled weight decay.")
     flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up epochs.")
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
-    flags.DEFINE_integer("labels_per_class", 0, "Labeled examples kept per class; the "
-                         "rest of the train split is unlabeled. 0: all labeled.")
-    flags.DEFINE_integer("seed", 0, "Seed of the labeled subset, initialization and noise.")
     flags.DEFINE_integer("randaugment_layers", 2, "RandAugment operations per image (N).")
     flags.DEFINE_float("randaugment_magnitude", 9.0, "RandAugment magnitude M, 0-10.")
     flags.DEFINE_enum("randaugment_impl", "keras_cv", list(augment.IMPLEMENTATIONS),
@@ -63,6 +72,36 @@ def define_train_flags():
                         "accelerators and on JAX, not on CPU with TensorFlow.")
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                       "Keras dtype policy.")
+
+
+def define_pseudo_label_flags():
+    flags.DEFINE_bool("hard_labels", False, "One-hot pseudo-labels (the teacher's top "
+                      "class) instead of its soft probabilities.")
+    flags.DEFINE_float("temperature", 1.0, "Softmax temperature applied to the teacher's "
+                       "logits (>1 softens, <1 sharpens).")
+    flags.DEFINE_float("min_confidence", 0.3, "Drop unlabeled images whose top "
+                       "probability is below this.")
+    flags.DEFINE_integer("per_class", 0, "K: keep at most K images per predicted class "
+                         "(most confident first) and repeat images of classes with fewer. "
+                         "0: the mean count per class after filtering.")
+    flags.DEFINE_integer("label_batch_size", 512, "Inference batch size of the teacher.")
+
+
+def label_config():
+    from nstudent.pseudo_labels import LabelConfig
+
+    return LabelConfig(hard=FLAGS.hard_labels, temperature=FLAGS.temperature,
+                       min_confidence=FLAGS.min_confidence, per_class=FLAGS.per_class,
+                       batch_size=FLAGS.label_batch_size)
+
+
+def define_student_flags():
+    flags.DEFINE_integer("unlabeled_ratio", 3, "Pseudo-labeled batch size as a multiple "
+                         "of --batch_size.")
+    flags.DEFINE_float("pseudo_loss_weight", 1.0, "Weight of the cross-entropy against "
+                       "pseudo-labels (the labeled one has weight 1).")
+    flags.DEFINE_bool("init_from_teacher", False, "Start the student from the teacher's "
+                      "weights (same architecture) instead of from scratch.")
 
 
 def load_dataset(split_names=None):

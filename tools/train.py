@@ -1,6 +1,8 @@
-"""Trains a teacher with all noise on and exports it.
+"""Trains a teacher, or with --pseudo_labels a noisy student, and exports it.
 
   python tools/train.py --flagfile=flags/fashion_mnist_teacher.cfg --out=runs/teacher
+  python tools/train.py --flagfile=flags/fashion_mnist_teacher.cfg \
+      --pseudo_labels=runs/pseudo_labels --out=runs/student
 
 Writes <out>/model.keras, <out>/saved_model/ (serving_default on uint8 images),
 <out>/logs/ (TensorBoard), <out>/model_info.json and, last, <out>/metrics.json.
@@ -15,9 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
 from nstudent.data import DataError  # noqa: E402
 
-cli.define_data_flags()
-cli.define_model_flags()
-cli.define_train_flags()
+cli.define_shared_flags()
+flags.DEFINE_string("pseudo_labels", None, "Folder of pseudo-label shards "
+                    "(tools/pseudo_label.py): train a noisy student on them and the "
+                    "labeled subset.")
 flags.DEFINE_string("out", None, "Output folder of the run.", required=True)
 flags.DEFINE_bool("overwrite", False, "Train again even if <out> holds a finished run.")
 flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
@@ -26,7 +29,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from nstudent import export, training
+    from nstudent import export, pseudo_labels, training
 
     if export.is_finished(FLAGS.out) and not FLAGS.overwrite:
         logging.info("%s already holds a finished run (metrics.json); pass --overwrite "
@@ -36,10 +39,16 @@ def main(argv):
     try:
         info, splits = cli.load_dataset()
         model_config = cli.model_config(info)
-        training.train_teacher(
-            FLAGS.out, info, splits[FLAGS.train_split], splits[FLAGS.test_split],
-            model_config, cli.input_config(model_config.resolved_image_size),
-            cli.train_config(), FLAGS.labels_per_class, FLAGS.seed)
+        args = (FLAGS.out, info, splits[FLAGS.train_split], splits[FLAGS.test_split])
+        input_config = cli.input_config(model_config.resolved_image_size)
+        if FLAGS.pseudo_labels:
+            training.train_student(
+                *args, pseudo_labels.load_pseudo_labels(FLAGS.pseudo_labels), model_config,
+                input_config, cli.train_config(), FLAGS.labels_per_class, FLAGS.seed,
+                FLAGS.unlabeled_ratio, FLAGS.pseudo_loss_weight, FLAGS.init_from_teacher)
+        else:
+            training.train_teacher(*args, model_config, input_config, cli.train_config(),
+                                   FLAGS.labels_per_class, FLAGS.seed)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

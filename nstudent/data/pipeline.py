@@ -46,11 +46,18 @@ def _crop_and_flip(image, config):
 
 
 def _one_hot(num_classes):
-    return lambda images, labels: (images, tf.one_hot(labels, num_classes))
+    """Class indices -> one-hot; soft labels (already [batch, classes]) pass as they are."""
+
+    def fn(images, labels):
+        if labels.shape.rank == 2:
+            return images, tf.cast(labels, tf.float32)
+        return images, tf.one_hot(labels, num_classes)
+
+    return fn
 
 
 def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat=True):
-    """Shuffled, repeated, noisy batches from (uint8 image, int label) examples."""
+    """Shuffled, repeated, noisy batches from (uint8 image, int or soft label) examples."""
     size = config.image_size
     ds = examples.map(lambda x, y: (resize(x, size), y), num_parallel_calls=AUTOTUNE)
     if config.cache:

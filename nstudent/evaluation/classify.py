@@ -17,7 +17,11 @@ SAVED_MODEL_DIR = "saved_model"
 
 @dataclasses.dataclass
 class Classifier:
-    """probabilities(float32 images in [0, 255], [B, H, W, C]) -> numpy [B, classes]."""
+    """Inference on float32 images in [0, 255], [B, H, W, C], in inference mode.
+
+    probabilities(images) -> numpy [B, classes] (through serving_default for a
+    SavedModel); logits(images) -> numpy [B, classes], images at `image_size`.
+    """
 
     probabilities: Callable
     path: str
@@ -25,10 +29,13 @@ class Classifier:
     info: Optional[dict]  # model_info.json of the run, when there is one
     channels: int
     keras_model: Optional[keras.Model] = None
+    logits: Optional[Callable] = None
+    input_size: Optional[int] = None  # the SavedModel's logits input side
+    num_classes: Optional[int] = None
 
     @property
     def image_size(self):
-        return self.info["image_size"] if self.info else None
+        return self.info["image_size"] if self.info else self.input_size
 
     def check_dataset(self, dataset_info):
         """Stops before inference when the data cannot be what the model was trained on."""
@@ -66,12 +73,16 @@ def load_classifier(path, prefer="saved_model"):
     if path.endswith(".keras"):
         model = keras.saving.load_model(path, compile=False)
 
+        def logits(images):
+            return np.asarray(model.predict_on_batch(images), np.float32)
+
         def probabilities(images):
-            logits = np.asarray(model.predict_on_batch(images), np.float64)
-            e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            z = logits(images).astype(np.float64)
+            e = np.exp(z - z.max(axis=-1, keepdims=True))
             return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
-        return Classifier(probabilities, path, "keras", info, model.input_shape[-1], model)
+        return Classifier(probabilities, path, "keras", info, model.input_shape[-1], model,
+                          logits, num_classes=int(model.output_shape[-1]))
     loaded = tf.saved_model.load(path)
     if "serving_default" not in loaded.signatures:
         raise ValueError(f"SavedModel {path!r} has no serving_default signature.")
@@ -81,8 +92,18 @@ def load_classifier(path, prefer="saved_model"):
         images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
         return serve(images=images)["probabilities"].numpy()
 
+    def logits(images):
+        return loaded.logits(tf.constant(images, tf.float32)).numpy()
+
     channels = serve.structured_input_signature[1]["images"].shape[-1]
-    classifier = Classifier(probabilities, path, "saved_model", info, channels)
+    size = num_classes = None
+    if hasattr(loaded, "logits"):  # the SavedModels written here have it
+        fn = loaded.logits.concrete_functions[0]
+        size = fn.structured_input_signature[0][0].shape[1]
+        num_classes = fn.structured_outputs.shape[-1]
+    classifier = Classifier(probabilities, path, "saved_model", info, channels,
+                            logits=logits if hasattr(loaded, "logits") else None,
+                            input_size=size, num_classes=num_classes)
     classifier._loaded = loaded  # keeps the variables alive
     return classifier
 

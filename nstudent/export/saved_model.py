@@ -21,6 +21,7 @@ def save_keras(model, path):
 
 
 def export_saved_model(model, path, image_size, channels):
+    tf.get_logger().setLevel("WARNING")  # SavedModel writing logs every renamed input
     archive = keras.export.ExportArchive()
     logits_fn = archive.track_and_add_endpoint(
         "logits", model,

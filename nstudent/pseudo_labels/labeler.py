@@ -1,0 +1,152 @@
+"""Runs a teacher clean over one shard of the unlabeled images and writes the shard.
+
+Clean means inference mode: no augmentation (images are only resized), no
+dropout, no stochastic depth, batch-norm moving statistics.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from nstudent.data.pipeline import resize
+from nstudent.pseudo_labels.selection import filter_and_balance, soften
+from nstudent.pseudo_labels.shards import write_shard
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    hard: bool = False  # one-hot of the teacher's argmax instead of its probabilities
+    temperature: float = 1.0
+    min_confidence: float = 0.3
+    per_class: int = 0  # K; 0: the mean count per class after filtering
+    batch_size: int = 512
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def shard_indices(indices, shard_index, num_shards):
+    """Every num_shards-th example: shards see the same class mix, so they balance alike."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard_index={shard_index} is outside [0, {num_shards}).")
+    return np.asarray(indices)[shard_index::num_shards]
+
+
+def teacher_logits(classifier, examples, image_size, batch_size, progress=""):
+    """Logits of every (uint8 image, label) example, in order, with progress lines."""
+    ds = examples.map(lambda x, y: tf.cast(resize(x, image_size), tf.float32),
+                      num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+    out, done, start, last = [], 0, time.time(), time.time()
+    for images in ds.as_numpy_iterator():
+        out.append(classifier.logits(images))
+        done += len(images)
+        if time.time() - last > 10:
+            last = time.time()
+            logging.info("%s%d images labeled (%.0f img/s)", progress, done,
+                         done / (last - start))
+    if not out:
+        return np.zeros((0, classifier.num_classes or 0), np.float32)
+    return np.concatenate(out)
+
+
+def label_shard(classifier, info, split, unlabeled, shard_index, num_shards, config,
+                out_dir, settings):
+    """Labels, filters and balances shard `shard_index`; writes it; returns its stats.
+
+    K (config.per_class) is for the whole set: a shard keeps K / num_shards per
+    class. `settings` identifies the run (teacher, data) and is stored with
+    every shard so that shards of different runs are never mixed.
+    """
+    start = time.time()
+    indices = shard_indices(unlabeled, shard_index, num_shards)
+    if not len(indices):
+        raise ValueError(f"Shard {shard_index} of {num_shards} has no unlabeled images "
+                         f"({len(unlabeled)} in all).")
+    where = f"shard {shard_index + 1}/{num_shards}: "
+    logging.info("%slabeling %d images with %s", where, len(indices), classifier.path)
+    logits = teacher_logits(classifier, split.dataset(indices), classifier.image_size,
+                            config.batch_size, where)
+    seconds_labeling = time.time() - start
+    probs = soften(logits, config.temperature, config.hard)
+    confidence_probs = soften(logits, config.temperature)  # filter on the soft ones
+    per_class = -(-config.per_class // num_shards) if config.per_class > 0 else 0
+    selection = filter_and_balance(confidence_probs, config.min_confidence, per_class)
+    rows = selection.rows
+    truth = split.labels[indices]
+    predicted = np.argmax(confidence_probs, axis=-1)
+
+    # Write: the selected rows, each as often as it was chosen, in source order.
+    copies = np.bincount(rows, minlength=len(indices))
+    keep = np.flatnonzero(copies)
+    images = (image for image, _ in split.dataset(indices[keep]).as_numpy_iterator())
+    repeated = (img for img, n in zip(images, copies[keep]) for _ in range(n))
+    order = np.repeat(keep, copies[keep])
+    stats = write_shard(out_dir, shard_index, num_shards, repeated, probs[order],
+                        confidence_probs[order].max(axis=-1), indices[order], {
+        "settings": settings, "num_classes": int(probs.shape[-1]),
+        "channels": info.channels, "class_names": list(info.class_names),
+        "images_in": int(len(indices)), "min_confidence": config.min_confidence,
+        "hard": config.hard, "temperature": config.temperature,
+        "kept_after_filter": int(sum(selection.counts_filtered)),
+        "distinct_images_written": int(len(keep)),
+        # how often the teacher agrees with the dataset's own (hidden) labels
+        "agreement_with_dataset_labels": float(np.mean(predicted == truth)),
+        "agreement_after_selection": float(np.mean(predicted[rows] == truth[rows])),
+        "seconds_labeling": seconds_labeling,
+        "images_per_second_labeling": len(indices) / max(seconds_labeling, 1e-9),
+        **selection.stats()})
+    logging.info("%s%d images in, %d pass --min_confidence=%g, %d written (K=%d per "
+                 "class, %d distinct); teacher agrees with the dataset's labels on %.1f%%; "
+                 "%.0f s", where, len(indices), stats["kept_after_filter"],
+                 config.min_confidence, stats["records"], selection.per_class, len(keep),
+                 100 * stats["agreement_with_dataset_labels"], time.time() - start)
+    return stats
+
+
+def teacher_settings(classifier, teacher_path, dataset_name, split_name, labels_per_class,
+                     seed, config):
+    """What makes a pseudo-label run itself; every shard stores it."""
+    import os
+
+    from nstudent.export.atomic import read_json
+
+    metrics = os.path.join(os.path.abspath(teacher_path), "metrics.json")
+    params = (read_json(metrics).get("parameters") if os.path.exists(metrics) else
+              classifier.keras_model.count_params() if classifier.keras_model else None)
+    return {"teacher": os.path.abspath(teacher_path), "teacher_parameters": params,
+            "dataset": dataset_name, "split": split_name,
+            "labels_per_class": labels_per_class, "seed": seed,
+            **{k: v for k, v in config.to_dict().items() if k != "batch_size"}}
+
+
+def label_shards(classifier, info, split, unlabeled, shards, num_shards, config, out_dir,
+                 settings, overwrite=False):
+    """Labels each shard in `shards` unless it is already complete; returns all stats."""
+    from nstudent.export.atomic import read_json
+    from nstudent.pseudo_labels.shards import shard_paths, shard_is_complete
+
+    if classifier.num_classes is not None and classifier.num_classes != info.num_classes:
+        raise ValueError(f"The teacher predicts {classifier.num_classes} classes but "
+                         f"{info.name} has {info.num_classes}.")
+    classifier.check_dataset(info)
+    if not len(unlabeled):
+        raise ValueError(f"The unlabeled set is empty: every image of {info.name} is "
+                         "labeled (lower --labels_per_class).")
+    all_stats = []
+    for i in shards:
+        if shard_is_complete(out_dir, i, num_shards) and not overwrite:
+            stats = read_json(shard_paths(out_dir, i, num_shards)[1])
+            if stats["settings"] != settings:
+                raise ValueError(
+                    f"Shard {i} of {num_shards} in {out_dir!r} was made with other "
+                    f"settings ({stats['settings']}); use another output folder or "
+                    "--overwrite.")
+            logging.info("Shard %d of %d is already complete; skipped.", i, num_shards)
+        else:
+            stats = label_shard(classifier, info, split, unlabeled, i, num_shards, config,
+                                out_dir, settings)
+        all_stats.append(stats)
+    return all_stats
