@@ -9,13 +9,11 @@ line per run with test top-1/top-5 and seconds per epoch on this machine.
 
 import json
 import os
-import platform
-import subprocess
-import sys
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import machine, read_metrics, run_tool
+
 flags.DEFINE_string("out", "runs/bench_teacher", "Folder for the runs.")
 flags.DEFINE_integer("labels_per_class", 400, "Labels per class of the few-label run.")
 flags.DEFINE_integer("few_epochs", 60, "Epochs of the few-label run.")
@@ -28,12 +26,10 @@ def main(argv):
             ("labels_all", 0, FLAGS.full_epochs)]
     for name, per_class, epochs in runs:
         out = os.path.join(FLAGS.out, name)
-        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train.py"),
-                        "--flagfile=" + os.path.join(ROOT, "flags", "fashion_mnist_teacher.cfg"),
-                        f"--labels_per_class={per_class}", f"--epochs={epochs}",
-                        f"--out={out}", *argv[1:]], check=True)
-        with open(os.path.join(out, "metrics.json")) as f:
-            m = json.load(f)
+        run_tool("train.py", "--flagfile=flags/fashion_mnist_teacher.cfg",
+                 f"--labels_per_class={per_class}", f"--epochs={epochs}",
+                 f"--out={os.path.abspath(out)}", *argv[1:])
+        m = read_metrics(out)
         print(json.dumps({
             "bench": "teacher_accuracy", "run": name, "labeled": m["labeled_examples"],
             "epochs": m["epochs"], "test_top1": round(m["test_top1"], 4),
@@ -41,8 +37,7 @@ def main(argv):
             "seconds_per_epoch": round(m["seconds_per_epoch"], 1),
             "train_images_per_second": round(m["train_images_per_second"]),
             "parameters": m["parameters"], "image_size": m["model"]["image_size"],
-            "backend": m["versions"]["backend"], "cpus": os.cpu_count(),
-            "machine": platform.machine()}), flush=True)
+            "backend": m["versions"]["backend"], **machine()}), flush=True)
 
 
 if __name__ == "__main__":

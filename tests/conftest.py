@@ -23,3 +23,18 @@ def tiny_model(tiny_config):
 
 def random_images(n, size, channels, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), np.uint8)
+
+
+def write_image_folder(root, split, classes=("cat", "dog"), per_class=3, channels=3, size=12,
+                       learnable=False):
+    """root/split/<class>/<i>.png; `learnable`: class c is brighter than class c-1."""
+    import tensorflow as tf
+
+    for c, name in enumerate(classes):
+        d = root / split / name
+        d.mkdir(parents=True, exist_ok=True)
+        images = random_images(per_class, size, channels, seed=c)
+        if learnable:
+            images = (images // 4 + 190 * c // max(len(classes) - 1, 1)).astype(np.uint8)
+        for i, image in enumerate(images):
+            (d / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import random_images
+from conftest import random_images, write_image_folder
 from nstudent import data
 from nstudent.augment import make_randaugment
 from nstudent.data import DataError, split_labeled
@@ -43,17 +43,9 @@ def test_too_many_labels_per_class_names_the_class():
         split_labeled(labels, 2, 5, seed=0)
 
 
-def _write_folder(root, split, classes=("cat", "dog"), per_class=3, channels=3, size=12):
-    for c, name in enumerate(classes):
-        d = root / split / name
-        d.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(random_images(per_class, size, channels, seed=c)):
-            (d / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
-
-
 def test_image_folder_reads_classes_and_images(tmp_path):
-    _write_folder(tmp_path, "train")
-    _write_folder(tmp_path, "test", per_class=2)
+    write_image_folder(tmp_path, "train")
+    write_image_folder(tmp_path, "test", per_class=2)
     info, splits = data.load(f"folder:{tmp_path}")
     assert info.class_names == ("cat", "dog") and info.num_classes == 2
     assert splits["train"].labels.tolist() == [0, 0, 0, 1, 1, 1]
@@ -62,8 +54,8 @@ def test_image_folder_reads_classes_and_images(tmp_path):
 
 
 def test_corrupt_image_is_named_or_skipped_with_count(tmp_path, caplog):
-    _write_folder(tmp_path, "train")
-    _write_folder(tmp_path, "test")
+    write_image_folder(tmp_path, "train")
+    write_image_folder(tmp_path, "test")
     bad = tmp_path / "train" / "dog" / "broken.png"
     bad.write_bytes(b"not a png at all")
     with pytest.raises(DataError, match="broken.png is not a readable image"):
@@ -74,8 +66,8 @@ def test_corrupt_image_is_named_or_skipped_with_count(tmp_path, caplog):
 
 
 def test_wrong_channel_count_is_named(tmp_path):
-    _write_folder(tmp_path, "train")
-    _write_folder(tmp_path, "test")
+    write_image_folder(tmp_path, "train")
+    write_image_folder(tmp_path, "test")
     (tmp_path / "train" / "cat" / "grey.png").write_bytes(
         tf.io.encode_png(random_images(1, 12, 1)[0]).numpy())
     with pytest.raises(DataError, match="grey.png has 1 channels, expected 3"):
@@ -85,10 +77,10 @@ def test_wrong_channel_count_is_named(tmp_path):
 def test_missing_folder_split_and_unknown_class(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         data.load(f"folder:{tmp_path}/nope")
-    _write_folder(tmp_path, "train")
+    write_image_folder(tmp_path, "train")
     with pytest.raises(DataError, match="no 'test' subfolder"):
         data.load(f"folder:{tmp_path}")
-    _write_folder(tmp_path, "test", classes=("cat", "dog", "fox"))
+    write_image_folder(tmp_path, "test", classes=("cat", "dog", "fox"))
     with pytest.raises(DataError, match="fox"):
         data.load(f"folder:{tmp_path}")
 

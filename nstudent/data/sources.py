@@ -175,7 +175,7 @@ def _decode(contents, channels):
     tf.debugging.assert_equal(
         tf.shape(image)[-1], channels,
         message=f"an image does not have the expected {channels} channels")
-    return image
+    return tf.ensure_shape(image, [None, None, channels])  # static channels for augmenting
 
 
 def _scan_image(path):

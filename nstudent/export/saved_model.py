@@ -10,6 +10,7 @@ it are plain TensorFlow.
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from nstudent.data.pipeline import resize
 from nstudent.export.atomic import atomic_path
@@ -21,7 +22,6 @@ def save_keras(model, path):
 
 
 def export_saved_model(model, path, image_size, channels):
-    tf.get_logger().setLevel("WARNING")  # SavedModel writing logs every renamed input
     archive = keras.export.ExportArchive()
     logits_fn = archive.track_and_add_endpoint(
         "logits", model,
@@ -37,5 +37,10 @@ def export_saved_model(model, path, image_size, channels):
                 "classes": tf.argmax(probabilities, axis=-1)}
 
     archive.add_endpoint("serving_default", serve)
-    with atomic_path(path) as tmp:
-        archive.write_out(tmp, verbose=False)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)  # TF logs every renamed input while saving
+    try:
+        with atomic_path(path) as tmp:
+            archive.write_out(tmp, verbose=False)
+    finally:
+        logging.set_verbosity(verbosity)

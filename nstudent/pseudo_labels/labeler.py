@@ -81,8 +81,10 @@ def label_shard(classifier, info, split, unlabeled, shard_index, num_shards, con
     # Write: the selected rows, each as often as it was chosen, in source order.
     copies = np.bincount(rows, minlength=len(indices))
     keep = np.flatnonzero(copies)
-    images = (image for image, _ in split.dataset(indices[keep]).as_numpy_iterator())
-    repeated = (img for img, n in zip(images, copies[keep]) for _ in range(n))
+    pngs = split.dataset(indices[keep]).map(
+        lambda image, _: tf.io.encode_png(image), num_parallel_calls=tf.data.AUTOTUNE)
+    repeated = (png for png, n in zip(pngs.as_numpy_iterator(), copies[keep])
+                for _ in range(n))
     order = np.repeat(keep, copies[keep])
     stats = write_shard(out_dir, shard_index, num_shards, repeated, probs[order],
                         confidence_probs[order].max(axis=-1), indices[order], {

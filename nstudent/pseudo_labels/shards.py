@@ -44,15 +44,14 @@ def _example(png, label, confidence, predicted, index):
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shard(directory, shard_index, num_shards, images, labels, confidence,
+def write_shard(directory, shard_index, num_shards, pngs, labels, confidence,
                 source_index, stats):
-    """Writes one shard whole: `images` uint8 [M, H, W, C], `labels` float [M, classes]."""
+    """Writes one shard whole: `pngs` M encoded images, `labels` float [M, classes]."""
     record_path, stats_path = shard_paths(directory, shard_index, num_shards)
     labels = np.asarray(labels, np.float32)
     with atomic_path(record_path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
-            for image, label, conf, index in zip(images, labels, confidence, source_index):
-                png = tf.io.encode_png(image).numpy()
+            for png, label, conf, index in zip(pngs, labels, confidence, source_index):
                 writer.write(_example(png, label.tolist(), float(conf),
                                       int(label.argmax()), int(index)))
     stats = dict(stats, shard_index=shard_index, num_shards=num_shards,

@@ -1,0 +1,41 @@
+"""manifest.json: which steps of a pipeline run finished, so a re-run resumes.
+
+A step is recorded only after its artifact is complete (metrics.json written,
+every shard complete), and the manifest itself is replaced atomically. A kill
+at any moment therefore loses at most the step in progress, never a finished
+one; a finished artifact the manifest does not list yet (a kill between the
+two writes) is adopted, not redone.
+"""
+
+import os
+import time
+
+from nstudent.export.atomic import read_json, write_json
+
+MANIFEST = "manifest.json"
+
+
+class Manifest:
+    def __init__(self, out_dir, config):
+        """Opens or starts <out_dir>/manifest.json for a run of `config` (a dict)."""
+        self.path = os.path.join(out_dir, MANIFEST)
+        if os.path.exists(self.path):
+            self.data = read_json(self.path)
+            old = self.data["config"]
+            if old != config:
+                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+                raise ValueError(
+                    f"{out_dir!r} holds a pipeline run with other settings ({', '.join(changed)} "
+                    "differ); resume with the same flags, or use a new --out.")
+        else:
+            self.data = {"config": config, "steps": {}}
+
+    def finished(self, name):
+        return name in self.data["steps"]
+
+    def record(self, name, summary):
+        self.data["steps"][name] = dict(summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_json(self.path, self.data)
+
+    def summary(self, name):
+        return self.data["steps"][name]

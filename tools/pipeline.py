@@ -1,0 +1,91 @@
+"""The whole noisy student loop: teacher, then for every generation pseudo-labels
+and a student that becomes the next teacher. Re-running the same command resumes.
+
+  python tools/pipeline.py --flagfile=flags/fashion_mnist_noisy_student.cfg \\
+      --out=runs/fashion_mnist --generations=2 --models=b0,b0,b1
+
+Writes <out>/gen0/ (teacher), <out>/pseudo_labels_for_genK/, <out>/genK/ (each
+run folder with saved_model/, model.keras, metrics.json), <out>/manifest.json,
+and at the end prints a table and saves <out>/accuracy.png.
+"""
+
+import dataclasses
+import os
+import sys
+
+from absl import app, flags, logging
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+from nstudent import cli  # noqa: E402
+
+cli.define_shared_flags()
+flags.DEFINE_string("out", None, "Output folder of the run.", required=True)
+flags.DEFINE_integer("generations", 2, "Student generations after the teacher (gen0).")
+flags.DEFINE_list("models", [], "EfficientNet variant per generation, gen0 first (e.g. "
+                  "b0,b0,b1); the last one repeats. Empty: --model for all.")
+flags.DEFINE_integer("student_epochs", 0, "Epochs of each student (one epoch = one pass "
+                     "over the pseudo-labeled images); 0: --epochs.")
+flags.DEFINE_float("student_warmup_epochs", -1.0, "Warm-up epochs of each student; "
+                   "<0: --warmup_epochs.")
+flags.DEFINE_float("student_learning_rate", 0.0, "Peak learning rate of each student; "
+                   "0: --learning_rate.")
+flags.DEFINE_integer("num_shards", 1, "Shards of each pseudo-labeling step, run in turn "
+                     "(tools/pseudo_label.py labels shards on many machines).")
+flags.adopt_module_key_flags(cli)
+FLAGS = flags.FLAGS
+
+
+def make_plan(info):
+    from nstudent import models
+    from nstudent.pipeline import Plan
+
+    if FLAGS.generations < 0:
+        raise ValueError(f"--generations must be 0 or more, got {FLAGS.generations}.")
+    names = FLAGS.models or [FLAGS.model]
+    unknown = [m for m in names if m not in models.VARIANTS]
+    if unknown:
+        raise ValueError(f"--models: unknown variant(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(models.VARIANTS)}.")
+    names = (names + names[-1:] * FLAGS.generations)[:FLAGS.generations + 1]
+    base = cli.model_config(info)
+    teacher_train = cli.train_config()
+    student_train = dataclasses.replace(
+        teacher_train, epochs=FLAGS.student_epochs or FLAGS.epochs,
+        learning_rate=FLAGS.student_learning_rate or FLAGS.learning_rate,
+        warmup_epochs=(FLAGS.student_warmup_epochs if FLAGS.student_warmup_epochs >= 0
+                       else FLAGS.warmup_epochs))
+    return Plan(
+        models=tuple(base.replace(variant=n) for n in names),
+        input_config=cli.input_config(base.resolved_image_size),
+        teacher_train=teacher_train, student_train=student_train,
+        label=cli.label_config(), dataset=FLAGS.dataset,
+        labels_per_class=FLAGS.labels_per_class, seed=FLAGS.seed,
+        unlabeled_ratio=FLAGS.unlabeled_ratio, pseudo_loss_weight=FLAGS.pseudo_loss_weight,
+        init_from_teacher=FLAGS.init_from_teacher, num_shards=FLAGS.num_shards)
+
+
+def main(argv):
+    del argv
+    from nstudent import pipeline
+
+    cli.setup_runtime()
+    try:
+        info, splits = cli.load_dataset()
+        rows = pipeline.run_pipeline(FLAGS.out, info, splits[FLAGS.train_split],
+                                     splits[FLAGS.test_split], make_plan(info))
+    except (ValueError, FileNotFoundError) as e:  # DataError and ShardError included
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    plot = os.path.join(FLAGS.out, "accuracy.png")
+    pipeline.plot_accuracy(rows, plot)
+    print(pipeline.results_table(rows))
+    first, last = rows[0], rows[-1]
+    print(f"teacher (gen0) test top-1 {first['test_top1']:.4f} -> student "
+          f"(gen{last['generation']}) {last['test_top1']:.4f} "
+          f"({100 * (last['test_top1'] - first['test_top1']):+.2f} points); plot: {plot}")
+    logging.info("Pipeline finished: %s", FLAGS.out)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
