@@ -1,12 +1,14 @@
-"""RESULTS.md: teacher, two noisy student generations and a supervised model on all labels.
+"""RESULTS.md: teacher, noisy student generations, a supervised model on all labels,
+and every model's robustness before and after resolution fine-tuning.
 
   python bench/noisy_student_results.py --out=runs/bench_noisy_student [--write]
 
-Runs tools/pipeline.py with flags/fashion_mnist_noisy_student.cfg and two
-generations (400 labels per class, the rest unlabeled), then the same
-architecture supervised on all 60,000 labels, or reuses finished runs. Prints
-one JSON line per model and a Markdown table; --write puts the table in
-RESULTS.md.
+Runs tools/pipeline.py with flags/fashion_mnist_noisy_student.cfg (400 labels
+per class, the rest unlabeled), --generations students of --student_epochs
+each, fine-tuning of every generation at --finetune_resolution and the
+corruption/FGSM evaluation; then the same architecture supervised on all
+60,000 labels. Finished runs are reused. Prints one JSON line per model and
+Markdown tables; --write puts them in RESULTS.md between the bench markers.
 """
 
 import json
@@ -19,10 +21,14 @@ from common import ROOT, machine, read_metrics, run_tool
 
 flags.DEFINE_string("out", "runs/bench_noisy_student", "Folder for the runs.")
 flags.DEFINE_integer("generations", 2, "Student generations.")
-flags.DEFINE_integer("supervised_epochs", 9, "Epochs of the all-label model (9 epochs of "
-                     "60,000 images is about the images the pipeline trains on).")
-flags.DEFINE_bool("write", False, "Write the table to RESULTS.md.")
+flags.DEFINE_integer("student_epochs", 6, "Epochs of every student.")
+flags.DEFINE_integer("finetune_resolution", 40, "Fine-tuning resolution (px); 0: none.")
+flags.DEFINE_integer("robustness_examples", 2000, "Test images for corruptions and FGSM.")
+flags.DEFINE_integer("supervised_epochs", 9, "Epochs of the all-label model.")
+flags.DEFINE_bool("write", False, "Write the tables to RESULTS.md.")
 FLAGS = flags.FLAGS
+BEGIN, END = ("<!-- bench/noisy_student_results.py: begin -->",
+              "<!-- bench/noisy_student_results.py: end -->")
 
 
 def _row(name, m, images_seen):
@@ -35,11 +41,17 @@ def _row(name, m, images_seen):
 
 
 def main(argv):
+    from nstudent.export.atomic import read_json
+    from nstudent.pipeline import results_table
+
     out = os.path.abspath(FLAGS.out)
-    pipeline_out = os.path.join(out, "pipeline")
+    pipeline_out = os.path.join(out, f"pipeline_student_epochs_{FLAGS.student_epochs}")
     start = time.time()
     run_tool("pipeline.py", "--flagfile=flags/fashion_mnist_noisy_student.cfg",
-             f"--generations={FLAGS.generations}", f"--out={pipeline_out}", *argv[1:])
+             f"--generations={FLAGS.generations}", f"--student_epochs={FLAGS.student_epochs}",
+             f"--finetune_resolution={FLAGS.finetune_resolution}", "--finetune_all",
+             f"--robustness_examples={FLAGS.robustness_examples}",
+             f"--out={pipeline_out}", *argv[1:])
     pipeline_minutes = (time.time() - start) / 60
     supervised_out = os.path.join(out, "supervised_all_labels")
     run_tool("train.py", "--flagfile=flags/fashion_mnist_teacher.cfg", "--labels_per_class=0",
@@ -63,27 +75,32 @@ def main(argv):
         lines.append(f"| {r['model']} | {r['labeled']:,} | {r['pseudo_labeled']:,} | "
                      f"{r['epochs']} | {r['steps']:,} | {r['images_seen']:,} | "
                      f"{r['test_top1']:.4f} | {r['test_top5']:.4f} | {r['minutes']} |")
-    table = "\n".join(lines)
-    print(table)
+    accuracy = "\n".join(lines)
+    manifest = read_json(os.path.join(pipeline_out, "manifest.json"))["steps"]
+    models = [dict(s, robustness=manifest.get(f"robustness_{name}", {}))
+              for name, s in manifest.items()
+              if s.get("stage") in ("teacher", "student", "finetune")]
+    robustness = results_table(models)
+    print(accuracy, robustness, sep="\n\n")
     print(f"pipeline wall time (this call): {pipeline_minutes:.1f} min")
     if FLAGS.write:
-        _write_results(table, rows)
+        r = rows[0]
+        where = (f"Measured {time.strftime('%Y-%m-%d')} by `python bench/noisy_student_results.py"
+                 f" --write` on {r['cpus']} {r['machine']} CPU cores, Keras backend "
+                 f"{r['backend']}; {r['parameters']:,} parameters in every model; corruption "
+                 f"and FGSM columns on {FLAGS.robustness_examples} test images spread over "
+                 "the test split.")
+        _write_results(f"{accuracy}\n\n{robustness}\n\n{where}")
 
 
-def _write_results(table, rows):
+def _write_results(block):
     """Replaces the generated block of RESULTS.md, keeping the hand-written text."""
     path = os.path.join(ROOT, "RESULTS.md")
-    begin, end = "<!-- bench/noisy_student_results.py: begin -->", \
-        "<!-- bench/noisy_student_results.py: end -->"
-    text = open(path).read() if os.path.exists(path) else f"# Results\n\n{begin}\n{end}\n"
-    head, rest = text.split(begin)
-    _, tail = rest.split(end)
-    r = rows[0]
-    block = (f"{begin}\n{table}\n\nMeasured {time.strftime('%Y-%m-%d')} on {r['cpus']} "
-             f"{r['machine']} CPU cores, Keras backend {r['backend']}; "
-             f"{r['parameters']:,} parameters in every model.\n{end}")
+    text = open(path).read() if os.path.exists(path) else f"# Results\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
     with open(path + ".tmp", "w") as f:
-        f.write(head + block + tail)
+        f.write(f"{head}{BEGIN}\n{block}\n{END}{tail}")
     os.replace(path + ".tmp", path)
 
 

@@ -14,6 +14,7 @@ def define_shared_flags():
     define_train_flags()
     define_pseudo_label_flags()
     define_student_flags()
+    define_finetune_flags()
 
 
 def define_data_flags():
@@ -102,6 +103,23 @@ def define_student_flags():
                        "pseudo-labels (the labeled one has weight 1).")
     flags.DEFINE_bool("init_from_teacher", False, "Start the student from the teacher's "
                       "weights (same architecture) instead of from scratch.")
+
+
+def define_finetune_flags():
+    flags.DEFINE_integer("finetune_resolution", 0, "Fine-tune at this test resolution "
+                         "(pixels); 0: no fine-tuning in tools/pipeline.py.")
+    flags.DEFINE_integer("freeze_blocks", -1, "Blocks frozen (after the stem) while "
+                         "fine-tuning; -1: all but the last stage's.")
+    flags.DEFINE_integer("finetune_epochs", 2, "Fine-tuning epochs over the labeled data.")
+    flags.DEFINE_float("finetune_learning_rate", 5e-4, "Peak fine-tuning learning rate.")
+
+
+def finetune_train_config():
+    import dataclasses
+
+    return dataclasses.replace(train_config(), epochs=FLAGS.finetune_epochs,
+                               learning_rate=FLAGS.finetune_learning_rate,
+                               warmup_epochs=0.0, steps_per_epoch=0)
 
 
 def load_dataset(split_names=None):

@@ -1,6 +1,9 @@
-"""Top-1/top-5 accuracy of an exported model (run folder, .keras or SavedModel).
+"""Top-1/top-5 of an exported model (run folder, .keras or SavedModel); optionally
+its accuracy under common corruptions and FGSM.
 
   python tools/evaluate.py --model=runs/teacher --dataset=fashion_mnist --split=test
+  python tools/evaluate.py --model=runs/fashion_mnist/gen1 --corruptions=all \
+      --fgsm_epsilons=2/255,8/255 --output=gen1_robustness.json
 """
 
 import os
@@ -21,6 +24,13 @@ flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("image_size", 0, "Resize images to this; 0: the run's training size.")
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
 flags.DEFINE_string("output", None, "Also write the metrics to this JSON file.")
+flags.DEFINE_list("corruptions", [], "Common corruptions to evaluate under ('all' or "
+                  "names: gaussian_noise, shot_noise, gaussian_blur, contrast, brightness, "
+                  "jpeg_compression, pixelate).")
+flags.DEFINE_list("severities", ["1", "2", "3", "4", "5"], "Corruption severities (1-5).")
+flags.DEFINE_list("fgsm_epsilons", [], "FGSM step sizes as fractions of the pixel range, "
+                  "e.g. 2/255,8/255 (needs the Keras model).")
+flags.DEFINE_integer("examples", 0, "Evaluate N images spread over the split; 0: all.")
 flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
@@ -36,7 +46,10 @@ def main(argv):
         size = FLAGS.image_size or classifier.image_size or info.image_size
         if not size:
             raise ValueError("Cannot tell the image size: pass --image_size.")
-        batches = data.eval_dataset(splits[FLAGS.split].dataset(), info.num_classes,
+        if FLAGS.corruptions or FLAGS.fgsm_epsilons:
+            return _robustness(classifier, info, splits[FLAGS.split], size)
+        indices = evaluation.spread_subset(len(splits[FLAGS.split]), FLAGS.examples)
+        batches = data.eval_dataset(splits[FLAGS.split].dataset(indices), info.num_classes,
                                     data.InputConfig(image_size=size,
                                                      batch_size=FLAGS.batch_size))
         metrics = evaluation.top_k_accuracy(classifier, batches, info.num_classes)
@@ -50,6 +63,29 @@ def main(argv):
     if FLAGS.output:
         export.write_json(FLAGS.output, metrics)
     logging.info("done")
+    return 0
+
+
+def _robustness(classifier, info, split, size):
+    from nstudent import evaluation, export
+
+    corruptions = (evaluation.CORRUPTIONS if FLAGS.corruptions == ["all"]
+                   else FLAGS.corruptions)
+    epsilons = [evaluation.parse_epsilon(e) for e in FLAGS.fgsm_epsilons]
+    if epsilons and classifier.keras_model is None:
+        classifier = evaluation.load_classifier(FLAGS.model, prefer="keras")
+    try:
+        severities = [int(s) for s in FLAGS.severities]
+    except ValueError:
+        raise ValueError(f"--severities must be integers 1-5, got {FLAGS.severities}.")
+    report = evaluation.robustness_report(
+        classifier, split, info, size, FLAGS.batch_size, corruptions, severities, epsilons,
+        FLAGS.examples)
+    report.update(model=os.path.abspath(classifier.path), dataset=FLAGS.dataset,
+                  split=FLAGS.split)
+    print(evaluation.report_table(report))
+    if FLAGS.output:
+        export.write_json(FLAGS.output, report)
     return 0
 
 

@@ -31,12 +31,20 @@ flags.DEFINE_float("student_learning_rate", 0.0, "Peak learning rate of each stu
                    "0: --learning_rate.")
 flags.DEFINE_integer("num_shards", 1, "Shards of each pseudo-labeling step, run in turn "
                      "(tools/pseudo_label.py labels shards on many machines).")
+flags.DEFINE_bool("finetune_all", False, "With --finetune_resolution: fine-tune every "
+                  "generation, not only the last.")
+flags.DEFINE_list("corruptions", [], "Evaluate every model under these corruptions at "
+                  "severities 1-5 ('all' or names; see tools/evaluate.py).")
+flags.DEFINE_list("fgsm_epsilons", [], "Evaluate every model under FGSM at these step "
+                  "sizes (fractions of the pixel range, e.g. 2/255,8/255).")
+flags.DEFINE_integer("robustness_examples", 0, "Test images for the corruption and FGSM "
+                     "evaluation; 0: all.")
 flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
 def make_plan(info):
-    from nstudent import models
+    from nstudent import evaluation, models
     from nstudent.pipeline import Plan
 
     if FLAGS.generations < 0:
@@ -48,6 +56,23 @@ def make_plan(info):
                          f"{', '.join(models.VARIANTS)}.")
     names = (names + names[-1:] * FLAGS.generations)[:FLAGS.generations + 1]
     base = cli.model_config(info)
+    corruptions = (evaluation.CORRUPTIONS if FLAGS.corruptions == ["all"]
+                   else tuple(FLAGS.corruptions))
+    unknown = [c for c in corruptions if c not in evaluation.CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"--corruptions: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(evaluation.CORRUPTIONS)}.")
+    if FLAGS.finetune_resolution:
+        from nstudent.training.finetune import min_resolution
+
+        blocks = min(len(models.stage_plan(base.replace(variant=n))) for n in names)
+        if FLAGS.freeze_blocks > blocks:
+            raise ValueError(f"--freeze_blocks={FLAGS.freeze_blocks}, but the models have "
+                             f"{blocks} blocks.")
+        smallest = max(min_resolution(base.replace(variant=n)) for n in names)
+        if FLAGS.finetune_resolution < smallest:
+            raise ValueError(f"--finetune_resolution={FLAGS.finetune_resolution} is below "
+                             f"the models' minimum of {smallest} px.")
     teacher_train = cli.train_config()
     student_train = dataclasses.replace(
         teacher_train, epochs=FLAGS.student_epochs or FLAGS.epochs,
@@ -61,7 +86,12 @@ def make_plan(info):
         label=cli.label_config(), dataset=FLAGS.dataset,
         labels_per_class=FLAGS.labels_per_class, seed=FLAGS.seed,
         unlabeled_ratio=FLAGS.unlabeled_ratio, pseudo_loss_weight=FLAGS.pseudo_loss_weight,
-        init_from_teacher=FLAGS.init_from_teacher, num_shards=FLAGS.num_shards)
+        init_from_teacher=FLAGS.init_from_teacher, num_shards=FLAGS.num_shards,
+        finetune_resolution=FLAGS.finetune_resolution, finetune_all=FLAGS.finetune_all,
+        finetune_train=cli.finetune_train_config(), freeze_blocks=FLAGS.freeze_blocks,
+        corruptions=corruptions,
+        fgsm_epsilons=tuple(evaluation.parse_epsilon(e) for e in FLAGS.fgsm_epsilons),
+        robustness_examples=FLAGS.robustness_examples)
 
 
 def main(argv):
@@ -79,7 +109,8 @@ def main(argv):
     plot = os.path.join(FLAGS.out, "accuracy.png")
     pipeline.plot_accuracy(rows, plot)
     print(pipeline.results_table(rows))
-    first, last = rows[0], rows[-1]
+    first = rows[0]
+    last = [r for r in rows if r["stage"] != "finetune"][-1]
     print(f"teacher (gen0) test top-1 {first['test_top1']:.4f} -> student "
           f"(gen{last['generation']}) {last['test_top1']:.4f} "
           f"({100 * (last['test_top1'] - first['test_top1']):+.2f} points); plot: {plot}")

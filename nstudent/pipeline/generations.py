@@ -4,6 +4,8 @@
   <out>/pseudo_labels_for_gen1/    gen0's filtered, balanced pseudo-labels
   <out>/gen1/                      noisy student trained on them; the next teacher
   ...
+  <out>/genK/robustness.json       accuracy under corruptions and FGSM (optional)
+  <out>/genK/finetuned_<res>/      fine-tuned at a higher resolution (optional)
   <out>/manifest.json              finished steps; <out>/accuracy.png at the end
 """
 
@@ -15,7 +17,7 @@ from absl import logging
 
 from nstudent import data, export, pseudo_labels, training
 from nstudent.evaluation import load_classifier
-from nstudent.export.atomic import read_json
+from nstudent.export.atomic import read_json, write_json
 from nstudent.pipeline.manifest import Manifest
 
 
@@ -35,69 +37,149 @@ class Plan:
     pseudo_loss_weight: float = 1.0
     init_from_teacher: bool = False
     num_shards: int = 1
+    finetune_resolution: int = 0  # 0: no fine-tuning
+    finetune_all: bool = False  # every generation, not only the last
+    finetune_train: object = None  # training.TrainConfig
+    freeze_blocks: int = -1
+    corruptions: tuple = ()  # robustness: corruption names (all severities)
+    fgsm_epsilons: tuple = ()
+    robustness_examples: int = 0  # 0: the whole test split
 
     def to_dict(self):
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["models"] = [m.to_dict() for m in self.models]
-        for key in ("input_config", "teacher_train", "student_train", "label"):
-            d[key] = dataclasses.asdict(d[key])
+        for key in ("input_config", "teacher_train", "student_train", "label",
+                    "finetune_train"):
+            d[key] = dataclasses.asdict(d[key]) if d[key] is not None else None
         d["input_config"].pop("image_size")
+        d["corruptions"], d["fgsm_epsilons"] = list(self.corruptions), list(self.fgsm_epsilons)
         return d
 
+    @property
+    def robustness(self):
+        return bool(self.corruptions or self.fgsm_epsilons)
 
-def plan_steps(generations):
-    """[(step name, kind, generation)] in the order they run."""
-    steps = [("gen0", "teacher", 0)]
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    kind: str  # teacher, pseudo_labels, student, finetune, robustness
+    generation: int
+    path: str  # relative to the run folder
+
+
+def plan_steps(plan):
+    """The steps in the order they run."""
+    generations = len(plan.models) - 1
+    steps = []
+
+    def model(kind, g, path):
+        steps.append(Step(path.replace("/", "_"), kind, g, path))
+        if plan.robustness:
+            steps.append(Step(f"robustness_{path.replace('/', '_')}", "robustness", g,
+                              path))
+
+    model("teacher", 0, "gen0")
     for g in range(1, generations + 1):
-        steps += [(f"pseudo_labels_for_gen{g}", "pseudo_labels", g),
-                  (f"gen{g}", "student", g)]
+        steps.append(Step(f"pseudo_labels_for_gen{g}", "pseudo_labels", g,
+                          f"pseudo_labels_for_gen{g}"))
+        model("student", g, f"gen{g}")
+    if plan.finetune_resolution:
+        for g in (range(generations + 1) if plan.finetune_all else [generations]):
+            model("finetune", g, f"gen{g}/finetuned_{plan.finetune_resolution}")
     return steps
+
+
+ROBUSTNESS = "robustness.json"
+MODEL_KINDS = ("teacher", "student", "finetune")
 
 
 def _summary(metrics):
     keys = ("stage", "test_top1", "test_top5", "parameters", "seconds_total",
-            "train_images_per_second", "pseudo_labeled_examples")
+            "train_images_per_second", "pseudo_labeled_examples", "resolution")
     return {k: metrics[k] for k in keys if k in metrics}
 
 
+def _done(step, path):
+    if step.kind in MODEL_KINDS:
+        return export.is_finished(path)
+    if step.kind == "robustness":
+        return os.path.exists(os.path.join(path, ROBUSTNESS))
+    return True  # pseudo-label shards: label_shards checks each one
+
+
 def run_pipeline(out_dir, info, train_split, test_split, plan):
-    """Runs (or resumes) every step; returns the manifest's per-generation summaries."""
+    """Runs (or resumes) every step; returns the summaries of the models, in order."""
     manifest = Manifest(out_dir, plan.to_dict())
-    generations = len(plan.models) - 1
-    for name, kind, gen in plan_steps(generations):
-        path = os.path.join(out_dir, name)
-        if manifest.finished(name):
-            if kind != "pseudo_labels" and not export.is_finished(path):
-                raise ValueError(f"manifest.json says {name} finished but {path}/metrics.json "
-                                 "is missing; the run folder was changed by hand.")
-            logging.info("%s: finished earlier; skipped.", name)
+    steps = plan_steps(plan)
+    for step in steps:
+        path = os.path.join(out_dir, step.path)
+        if manifest.finished(step.name):
+            if not _done(step, path):
+                raise ValueError(f"manifest.json says {step.name} finished but {path} is "
+                                 "incomplete; the run folder was changed by hand.")
+            logging.info("%s: finished earlier; skipped.", step.name)
             continue
         keras.backend.clear_session(free_memory=True)
-        keras.utils.set_random_seed(plan.seed + gen)
-        logging.info("=== %s (%s) ===", name, kind)
-        model_config = plan.models[gen]
-        input_config = dataclasses.replace(plan.input_config,
-                                           image_size=model_config.resolved_image_size)
-        if kind != "pseudo_labels" and export.is_finished(path):
-            logging.info("%s: finished before the manifest was written; adopted.", name)
-            metrics = read_json(os.path.join(path, export.METRICS))
-        elif kind == "teacher":
-            metrics = training.train_teacher(
-                path, info, train_split, test_split, model_config, input_config,
-                plan.teacher_train, plan.labels_per_class, plan.seed)
-        elif kind == "pseudo_labels":
-            manifest.record(name, _label(out_dir, gen, info, train_split, plan, path))
-            continue
+        keras.utils.set_random_seed(plan.seed + step.generation)
+        logging.info("=== %s (%s) ===", step.name, step.kind)
+        if step.kind != "pseudo_labels" and _done(step, path):
+            logging.info("%s: finished before the manifest was written; adopted.", step.name)
+            summary = (read_json(os.path.join(path, ROBUSTNESS))
+                       if step.kind == "robustness"
+                       else _summary(read_json(os.path.join(path, export.METRICS))))
         else:
-            metrics = training.train_student(
-                path, info, train_split, test_split,
-                pseudo_labels.load_pseudo_labels(
-                    os.path.join(out_dir, f"pseudo_labels_for_gen{gen}")),
-                model_config, input_config, plan.student_train, plan.labels_per_class,
-                plan.seed, plan.unlabeled_ratio, plan.pseudo_loss_weight,
-                plan.init_from_teacher)
-        manifest.record(name, dict(_summary(metrics), generation=gen))
-    return [manifest.summary(f"gen{g}") for g in range(generations + 1)]
+            summary = _run_step(step, out_dir, path, info, train_split, test_split, plan)
+        manifest.record(step.name, dict(summary, generation=step.generation,
+                                        path=step.path))
+    rows = []
+    for step in steps:
+        if step.kind in MODEL_KINDS:
+            row = dict(manifest.summary(step.name))
+            if plan.robustness:
+                row["robustness"] = manifest.summary(f"robustness_{step.name}")
+            rows.append(row)
+    return rows
+
+
+def _run_step(step, out_dir, path, info, train_split, test_split, plan):
+    g = step.generation
+    model_config = plan.models[g]
+    input_config = dataclasses.replace(plan.input_config,
+                                       image_size=model_config.resolved_image_size)
+    if step.kind == "teacher":
+        return _summary(training.train_teacher(
+            path, info, train_split, test_split, model_config, input_config,
+            plan.teacher_train, plan.labels_per_class, plan.seed))
+    if step.kind == "pseudo_labels":
+        return _label(out_dir, g, info, train_split, plan, path)
+    if step.kind == "student":
+        return _summary(training.train_student(
+            path, info, train_split, test_split,
+            pseudo_labels.load_pseudo_labels(os.path.join(out_dir, f"pseudo_labels_for_gen{g}")),
+            model_config, input_config, plan.student_train, plan.labels_per_class,
+            plan.seed, plan.unlabeled_ratio, plan.pseudo_loss_weight,
+            plan.init_from_teacher))
+    if step.kind == "finetune":
+        from nstudent.training.finetune import finetune
+
+        resolution = plan.finetune_resolution
+        return _summary(finetune(
+            os.path.join(out_dir, f"gen{g}"), path, info, train_split, test_split,
+            resolution, dataclasses.replace(input_config, image_size=resolution),
+            plan.finetune_train, plan.freeze_blocks, plan.labels_per_class, plan.seed))
+    return _robustness(path, info, test_split, plan)
+
+
+def _robustness(path, info, test_split, plan):
+    from nstudent.evaluation import robustness_report
+
+    classifier = load_classifier(path, prefer="keras")
+    report = robustness_report(
+        classifier, test_split, info, classifier.image_size, 256, plan.corruptions,
+        epsilons=plan.fgsm_epsilons, examples=plan.robustness_examples, seed=plan.seed)
+    write_json(os.path.join(path, ROBUSTNESS), report)
+    return report
 
 
 def _label(out_dir, gen, info, train_split, plan, path):

@@ -5,30 +5,70 @@ import os
 from nstudent.export.atomic import atomic_path
 
 
+def _name(row):
+    role = {"teacher": "teacher", "student": "student"}.get(row["stage"], row["stage"])
+    if row["stage"] == "finetune":
+        role = f"fine-tuned {row['resolution']} px"
+    return role
+
+
+def _fgsm_columns(rows):
+    return sorted({e for r in rows for e in r.get("robustness", {}).get("fgsm", {})},
+                  key=float)
+
+
 def results_table(rows):
-    """rows: per-generation summaries (generation, stage, test_top1, ...)."""
-    lines = ["| gen | role | parameters | test top-1 | test top-5 | minutes |",
-             "|---|---|---|---|---|---|"]
+    """rows: per-model summaries (generation, stage, test_top1, robustness, ...)."""
+    eps = _fgsm_columns(rows)
+    robust = any("robustness" in r for r in rows)
+    head = "| gen | model | parameters | test top-1 | test top-5 |"
+    if robust:
+        head += " mean corruption top-1 |" + "".join(
+            f" FGSM {float(e) * 255:.3g}/255 |" for e in eps)
+    lines = [head + " minutes |", "|---" * head.count("|") + "|"]
     for r in rows:
-        lines.append(f"| {r['generation']} | {r['stage']} | {r['parameters']:,} | "
-                     f"{r['test_top1']:.4f} | {r['test_top5']:.4f} | "
-                     f"{r['seconds_total'] / 60:.1f} |")
+        line = (f"| {r['generation']} | {_name(r)} | {r['parameters']:,} | "
+                f"{r['test_top1']:.4f} | {r['test_top5']:.4f} |")
+        if robust:
+            rob = r.get("robustness", {})
+            corr = rob.get("mean_corruption_top1")
+            line += f" {corr:.4f} |" if corr is not None else " - |"
+            line += "".join(f" {rob['fgsm'][e]:.4f} |" if e in rob.get("fgsm", {}) else " - |"
+                            for e in eps)
+        lines.append(line + f" {r['seconds_total'] / 60:.1f} |")
     return "\n".join(lines)
 
 
 def plot_accuracy(rows, path):
+    """Test top-1 per generation; with robustness, corrupted and FGSM top-1 as well."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    gens = [r["generation"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    ax.plot(gens, [100 * r["test_top1"] for r in rows], "o-", label="test top-1")
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for finetuned, style in ((False, "-"), (True, "--")):
+        group = [r for r in rows if (r["stage"] == "finetune") == finetuned]
+        if not group:
+            continue
+        gens = [r["generation"] for r in group]
+        suffix = " (fine-tuned)" if finetuned else ""
+        series = {"clean": [r["test_top1"] for r in group]}
+        if all("robustness" in r for r in group):
+            rob = [r["robustness"] for r in group]
+            if all("mean_corruption_top1" in x for x in rob):
+                series["mean corruption"] = [x["mean_corruption_top1"] for x in rob]
+            for e in _fgsm_columns(group):
+                series[f"FGSM {float(e) * 255:.3g}/255"] = [x["fgsm"].get(e) for x in rob]
+        for i, (label, values) in enumerate(series.items()):
+            ax.plot(gens, [100 * v for v in values], style, marker="o", color=f"C{i}",
+                    label=label + suffix)
+    gens = sorted({r["generation"] for r in rows})
     ax.set_xticks(gens, [f"gen{g}" + (" (teacher)" if g == 0 else "") for g in gens])
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Noisy student: accuracy per generation")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(os.path.abspath(path), suffix=".png") as tmp:
         fig.savefig(tmp)

@@ -1,0 +1,49 @@
+"""Fine-tunes a generation at a higher test resolution, shallow layers frozen, no
+augmentation; exports it to <run>/finetuned_<resolution>/.
+
+  python tools/finetune.py --flagfile=flags/fashion_mnist_noisy_student.cfg \\
+      --run=runs/fashion_mnist/gen1 --finetune_resolution=48
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+from nstudent import cli  # noqa: E402
+
+cli.define_shared_flags()
+flags.DEFINE_string("run", None, "Run folder to fine-tune (with model.keras).",
+                    required=True)
+flags.DEFINE_bool("overwrite", False, "Fine-tune again even if the output is finished.")
+flags.adopt_module_key_flags(cli)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from nstudent import export
+    from nstudent.training.finetune import finetune, finetuned_dir
+
+    try:
+        if FLAGS.finetune_resolution <= 0:
+            raise ValueError("Pass --finetune_resolution (pixels).")
+        out = finetuned_dir(FLAGS.run, FLAGS.finetune_resolution)
+        if export.is_finished(out) and not FLAGS.overwrite:
+            logging.info("%s is already finished; pass --overwrite to redo it.", out)
+            return 0
+        cli.setup_runtime()
+        info, splits = cli.load_dataset()
+        finetune(FLAGS.run, out, info, splits[FLAGS.train_split], splits[FLAGS.test_split],
+                 FLAGS.finetune_resolution, cli.input_config(FLAGS.finetune_resolution),
+                 cli.finetune_train_config(), FLAGS.freeze_blocks, FLAGS.labels_per_class,
+                 FLAGS.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
