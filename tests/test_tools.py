@@ -59,6 +59,19 @@ def test_train_exports_and_evaluate_agrees(tmp_path, backend):
         assert evaluated["top1"] == pytest.approx(metrics["test_top1"], abs=2e-3)
         assert evaluated["top5"] == pytest.approx(metrics["test_top5"], abs=2e-3)
 
+    # robustness: corruptions and FGSM (gradients through the model on this backend)
+    result = run_tool("evaluate.py", f"--model={out}", "--corruptions=gaussian_noise,contrast",
+                      "--severities=1,5", "--fgsm_epsilons=0,8/255", "--examples=200",
+                      f"--output={tmp_path}/robust.json", backend=backend)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(tmp_path / "robust.json"))
+    assert report["examples"] == 200 and set(report["corruptions"]) == {
+        "gaussian_noise", "contrast"}
+    assert set(report["corruptions"]["contrast"]) == {"1", "5"}
+    assert report["fgsm"]["0"] == pytest.approx(report["clean_top1"], abs=1e-6)
+    assert report["fgsm"]["0.0313725"] <= report["clean_top1"]
+    assert "mean corruption top-1" in result.stdout
+
 
 @needs_fmnist
 def test_finished_run_is_not_redone(tmp_path):
@@ -82,6 +95,27 @@ def test_train_bad_input_gives_one_clear_error(tmp_path, flag, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not os.path.exists(tmp_path / "x" / "model.keras")
+
+
+@pytest.mark.parametrize("tool, args, message", [
+    ("evaluate.py", ["--model=/no/run", "--corruptions=all"], "No model at '/no/run'"),
+    ("finetune.py", ["--run=/no/run", "--finetune_resolution=64"], "No model at '/no/run'"),
+    ("finetune.py", ["--run=/no/run"], "Pass --finetune_resolution"),
+    ("pipeline.py", ["--out=/tmp/never", "--corruptions=fog"], "--corruptions: unknown fog"),
+    ("pipeline.py", ["--out=/tmp/never", "--finetune_resolution=16"], "below the models' "
+     "minimum of 32"),
+    ("pipeline.py", ["--out=/tmp/never", "--finetune_resolution=64", "--freeze_blocks=99"],
+     "--freeze_blocks=99, but the models have"),
+    ("pipeline.py", ["--out=/tmp/never", "--fgsm_epsilons=two"], "Cannot read FGSM epsilon"),
+])
+def test_stage_tools_bad_input(tool, args, message):
+    needs_data = tool != "finetune.py" and "/no/run" not in args[0]
+    if needs_data and not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("needs Fashion-MNIST")
+    result = run_tool(tool, *TINY_FLAGS[:1], *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not os.path.exists("/tmp/never")
 
 
 def test_help_lists_flags():
