@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import random_images, write_image_folder
+from conftest import random_images, toy_dataset
 from nstudent import data, evaluation, export, models, training
 from nstudent.evaluation import CORRUPTIONS, corrupt, fgsm
 from nstudent.training.finetune import finetune, freeze, min_resolution
@@ -13,12 +13,7 @@ from nstudent.training.finetune import finetune, freeze, min_resolution
 
 @pytest.fixture
 def toy_run(tmp_path, tiny_config):
-    classes = ("a", "b", "c", "d")
-    write_image_folder(tmp_path / "ds", "train", classes, per_class=12, channels=1,
-                       size=16, learnable=True)
-    write_image_folder(tmp_path / "ds", "test", classes, per_class=3, channels=1, size=16,
-                       learnable=True)
-    info, splits = data.load(f"folder:{tmp_path}/ds", channels=1)
+    info, splits = toy_dataset(tmp_path / "ds", 12, 3)
     model = models.build_efficientnet(tiny_config)
     run = str(tmp_path / "gen0")
     export.write_run(run, model, tiny_config, info, {"parameters": model.count_params()})

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import random_images, write_image_folder
+from conftest import random_images, toy_dataset
 from nstudent import data, export, models, pseudo_labels, training
 from nstudent.evaluation import load_classifier
 from nstudent.training import NoisyStudent
@@ -58,12 +58,7 @@ def test_step_uses_both_batches_and_logs_both_losses(tiny_config):
 
 
 def test_student_trains_exports_and_warns_when_smaller(tmp_path, tiny_config, caplog):
-    classes = ("a", "b", "c", "d")
-    write_image_folder(tmp_path / "ds", "train", classes, per_class=24, channels=1,
-                       size=16, learnable=True)
-    write_image_folder(tmp_path / "ds", "test", classes, per_class=4, channels=1, size=16,
-                       learnable=True)
-    info, splits = data.load(f"folder:{tmp_path}/ds", channels=1)
+    info, splits = toy_dataset(tmp_path / "ds", 24, 4)
     teacher_config = tiny_config.replace(width_scale=0.5)
     teacher = models.build_efficientnet(teacher_config)
     export.write_run(str(tmp_path / "teacher"), teacher, teacher_config, info,

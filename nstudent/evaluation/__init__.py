@@ -1,4 +1,4 @@
-"""Evaluation: loading exported models and measuring accuracy."""
+"""Evaluation: loading exported models, accuracy, corruptions and FGSM."""
 
 from nstudent.evaluation.classify import (  # noqa: F401
     KERAS_FILE, MODEL_INFO, SAVED_MODEL_DIR, Classifier, load_classifier, top_k_accuracy)

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import time
 
-import keras
 from absl import logging
 
 from nstudent import data, models
