@@ -4,8 +4,8 @@ and every model's robustness before and after resolution fine-tuning.
   python bench/noisy_student_results.py --out=runs/bench_noisy_student [--write]
 
 Runs tools/pipeline.py with flags/fashion_mnist_noisy_student.cfg (400 labels
-per class, the rest unlabeled), --generations students of --student_epochs
-each, fine-tuning of every generation at --finetune_resolution and the
+per class, the rest unlabeled), a teacher of --teacher_epochs, --generations
+students of --student_epochs each, fine-tuning of every generation at --finetune_resolution and the
 corruption/FGSM evaluation; then the same architecture supervised on all
 60,000 labels. Finished runs are reused. Prints one JSON line per model and
 Markdown tables; --write puts them in RESULTS.md between the bench markers.
@@ -21,6 +21,7 @@ from common import ROOT, machine, read_metrics, run_tool
 
 flags.DEFINE_string("out", "runs/bench_noisy_student", "Folder for the runs.")
 flags.DEFINE_integer("generations", 2, "Student generations.")
+flags.DEFINE_integer("teacher_epochs", 60, "Epochs of the teacher.")
 flags.DEFINE_integer("student_epochs", 6, "Epochs of every student.")
 flags.DEFINE_integer("finetune_resolution", 40, "Fine-tuning resolution (px); 0: none.")
 flags.DEFINE_integer("robustness_examples", 2000, "Test images for corruptions and FGSM.")
@@ -48,7 +49,8 @@ def main(argv):
     pipeline_out = os.path.join(out, f"pipeline_student_epochs_{FLAGS.student_epochs}")
     start = time.time()
     run_tool("pipeline.py", "--flagfile=flags/fashion_mnist_noisy_student.cfg",
-             f"--generations={FLAGS.generations}", f"--student_epochs={FLAGS.student_epochs}",
+             f"--generations={FLAGS.generations}", f"--epochs={FLAGS.teacher_epochs}",
+             f"--student_epochs={FLAGS.student_epochs}",
              f"--finetune_resolution={FLAGS.finetune_resolution}", "--finetune_all",
              f"--robustness_examples={FLAGS.robustness_examples}",
              f"--out={pipeline_out}", *argv[1:])
