@@ -1,22 +1,30 @@
 """Throughput: noisy-student and supervised training, pseudo-labeling, input pipeline.
 
-  python bench/throughput.py --model=b0 --image_size=224 --batch_size=256 \\
-      --precision=mixed_bfloat16 --steps=50
   python bench/throughput.py --width_scale=0.5 --depth_scale=0.5 --image_size=32 \\
-      --channels=1 --batch_size=128          # the default dataset's main job, on a CPU
+      --channels=1 --num_classes=10 --batch_size=128     # the main job, on a CPU
+  KERAS_BACKEND=jax python bench/throughput.py --model=b0 --image_size=224 \\
+      --batch_size=256 --precision=mixed_bfloat16 --steps=50   # on a GPU
 
 Prints one JSON line per figure (images per second, steady state after a
 warm-up epoch that pays for tracing and compilation):
 - noisy_student_train: labeled + pseudo-labeled images per second through the
-  project's input pipeline (RandAugment) and NoisyStudent's step (dropout,
-  stochastic depth on); pseudo-labels read back from real shards;
-- supervised_train: the teacher's fit on labeled batches, same pipeline;
-- pseudo_label: teacher inference plus filtering, balancing and writing shards;
+  project's input path and NoisyStudent's step (RandAugment, dropout and
+  stochastic depth on);
+- supervised_train: the teacher's fit on labeled batches, same input path;
+- pseudo_label: teacher inference plus filtering and balancing, and (with
+  tf.data) writing the shards, read back by noisy_student_train;
 - input_pipeline: the augmented tf.data pipeline alone (no model);
 - train_step: the supervised step alone, on one batch repeated from memory.
-Images are random uint8 pixels, so any resolution runs without a dataset.
+
+--feed=tf_data is the project's real input pipeline. --feed=numpy feeds uint8
+batches from host memory without TensorFlow (the GPU machine has none), so it
+needs --randaugment_impl=device, and its pseudo_label figure writes no shards.
+With --randaugment_impl=device (the default under JAX on a GPU) RandAugment,
+flip and crop run inside the compiled step and the host ships uint8 pixels.
+Images are random pixels, so any resolution runs without a dataset.
 """
 
+import importlib.util
 import json
 import os
 import platform
@@ -42,24 +50,15 @@ flags.DEFINE_integer("label_images", 0, "Images to pseudo-label; 0: 8 pseudo bat
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy.")
 flags.DEFINE_string("jit_compile", "auto", "auto|true|false.")
+flags.DEFINE_string("randaugment_impl", "auto",
+                    "keras_cv|keras (tf.data) or device (in the step); auto as in training.")
+flags.DEFINE_float("randaugment_magnitude", 9.0, "RandAugment magnitude M, 0-10.")
+flags.DEFINE_enum("feed", "auto", ["auto", "tf_data", "numpy"],
+                  "Input path; auto: tf_data where TensorFlow is installed, else numpy.")
 flags.DEFINE_list("only", [], "Figures to measure (default: all).")
 FLAGS = flags.FLAGS
 FIGURES = ("input_pipeline", "train_step", "supervised_train", "pseudo_label",
            "noisy_student_train")
-
-
-def _split(n, seed):
-    import numpy as np
-    import tensorflow as tf
-
-    from nstudent import data
-
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n, FLAGS.image_size, FLAGS.image_size, FLAGS.channels),
-                          np.uint8)
-    labels = rng.integers(0, FLAGS.num_classes, n).astype(np.int64)
-    return data.Split("train", labels,
-                      lambda: tf.data.Dataset.from_tensor_slices((images, labels)))
 
 
 def _steady(epoch_seconds, images_per_epoch):
@@ -68,32 +67,121 @@ def _steady(epoch_seconds, images_per_epoch):
     return images_per_epoch / float(np.median(epoch_seconds[1:] or epoch_seconds))
 
 
+def _random_uint8(n, seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, FLAGS.image_size, FLAGS.image_size, FLAGS.channels),
+                          np.uint8)
+    return images, rng.integers(0, FLAGS.num_classes, n).astype(np.int64)
+
+
+class NumpyFeed:
+    """Batches cut from uint8 arrays in host memory: what the GPU machine can feed.
+
+    Keras' JAX trainer puts each batch on the device one step ahead, so the
+    copy overlaps the previous step; uint8 makes it a quarter of float32's.
+    """
+
+    def __init__(self, images, targets, batch_size):
+        self.images, self.targets, self.batch_size = images, targets, batch_size
+
+    def batch(self, step):
+        start = (step * self.batch_size) % (len(self.images) - self.batch_size + 1)
+        end = start + self.batch_size
+        return self.images[start:end], self.targets[start:end]
+
+
+def _numpy_batches(*feeds):
+    """Endless generator of one batch per feed (a tuple when several)."""
+    step = 0
+    while True:
+        batches = tuple(feed.batch(step) for feed in feeds)
+        yield batches[0] if len(batches) == 1 else batches
+        step += 1
+
+
+class Inputs:
+    """The labeled and pseudo-labeled batches each figure trains on, per --feed."""
+
+    def __init__(self, feed, input_config):
+        import numpy as np
+
+        self.feed, self.config = feed, input_config
+        b = input_config.batch_size
+        self.images, labels = _random_uint8(b * 4, seed=0)
+        self.one_hot = np.eye(FLAGS.num_classes, dtype=np.float32)[labels]
+        self.labels = labels
+
+    def labeled(self):
+        if self.feed == "numpy":
+            return _numpy_batches(NumpyFeed(self.images, self.one_hot,
+                                            self.config.batch_size))
+        import tensorflow as tf
+
+        from nstudent import data
+
+        split = data.Split("train", self.labels, lambda: tf.data.Dataset.from_tensor_slices(
+            (self.images, self.labels)))
+        return data.train_dataset(split.dataset(), FLAGS.num_classes, self.config)
+
+    def one_batch(self):
+        """A single training batch, repeated forever (the step alone)."""
+        if self.feed == "numpy":
+            b = self.config.batch_size
+            batch = (self.images[:b], self.one_hot[:b])
+            return (batch for _ in iter(int, 1))
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensors(next(iter(self.labeled()))).repeat()
+
+
 def main(argv):
     import keras
-    import tensorflow as tf
 
-    from nstudent import data, export, models, pseudo_labels, training
-    from nstudent.evaluation import load_classifier
-    from nstudent.training.supervised import EpochTimer, parse_jit
+    from nstudent import augment, data, models
+    from nstudent.training.optim import make_optimizer
+    from nstudent.training.steps import NoisyStudent, with_device_noise
+    from nstudent.training.supervised import (
+        EpochTimer, TrainConfig, compile_for_training, parse_jit)
 
+    feed = FLAGS.feed
+    if feed == "auto":
+        feed = "tf_data" if importlib.util.find_spec("tensorflow") else "numpy"
+    impl = augment.resolve_impl(FLAGS.randaugment_impl)
+    if feed == "numpy" and FLAGS.randaugment_impl == "auto":
+        impl = "device"  # without tf.data, noise can only be made on the device
+    if feed == "numpy" and impl not in ("device", "none"):
+        raise app.UsageError(f"--feed=numpy needs --randaugment_impl=device (or none), "
+                             f"not {impl}: host RandAugment runs in tf.data.")
     keras.mixed_precision.set_global_policy(FLAGS.precision)
     only = set(FLAGS.only or FIGURES)
+    if feed == "numpy":
+        only.discard("input_pipeline")
     b, ratio, steps = FLAGS.batch_size, FLAGS.unlabeled_ratio, FLAGS.steps
     config = models.ModelConfig(
         variant=FLAGS.model, num_classes=FLAGS.num_classes, channels=FLAGS.channels,
         image_size=FLAGS.image_size, width_scale=FLAGS.width_scale,
         depth_scale=FLAGS.depth_scale, stem_stride=FLAGS.stem_stride)
-    input_config = data.InputConfig(image_size=FLAGS.image_size, batch_size=b)
-    labeled = _split(b * 4, seed=0)
-    train_config = training.TrainConfig(epochs=FLAGS.epochs, jit_compile=FLAGS.jit_compile)
+    input_config = data.InputConfig(image_size=FLAGS.image_size, batch_size=b,
+                                    randaugment_magnitude=FLAGS.randaugment_magnitude,
+                                    randaugment_impl=impl)
+    pseudo_config = data.InputConfig(**{**input_config.__dict__, "batch_size": b * ratio})
+    inputs = Inputs(feed, input_config)
+    train_config = TrainConfig(epochs=FLAGS.epochs, jit_compile=FLAGS.jit_compile)
     device = (keras.backend.backend() == "jax" and __import__("jax").devices()[0].device_kind
               or "cpu")
+    tf_version = None
+    if feed == "tf_data":
+        import tensorflow as tf
+
+        tf_version = tf.__version__
     common = {"model": FLAGS.model, "width_scale": FLAGS.width_scale,
               "depth_scale": FLAGS.depth_scale, "image_size": FLAGS.image_size,
-              "batch_size": b, "precision": FLAGS.precision,
-              "backend": keras.backend.backend(), "device": device,
-              "cpus": os.cpu_count(), "machine": platform.machine(),
-              "keras": keras.__version__, "tensorflow": tf.__version__}
+              "batch_size": b, "precision": FLAGS.precision, "feed": feed,
+              "randaugment_impl": impl, "backend": keras.backend.backend(),
+              "device": device, "cpus": os.cpu_count(), "machine": platform.machine(),
+              "keras": keras.__version__, "tensorflow": tf_version}
 
     def report(figure, images_per_second, **extra):
         print(json.dumps({"bench": "throughput", "figure": figure,
@@ -106,60 +194,96 @@ def main(argv):
                   verbose=0)
         return _steady(timer.seconds, steps * images_per_step)
 
-    labeled_ds = data.train_dataset(labeled.dataset(), FLAGS.num_classes, input_config)
+    def supervised():
+        model = with_device_noise(models.build_efficientnet(config), input_config)
+        compile_for_training(model, train_config, steps)
+        return model
+
     if "input_pipeline" in only:
-        it = iter(labeled_ds)
+        it = iter(inputs.labeled())
         next(it)
         start = time.perf_counter()
         for _ in range(steps):
             next(it)
         report("input_pipeline", steps * b / (time.perf_counter() - start))
     if "train_step" in only:
-        model = models.build_efficientnet(config)
-        training.compile_for_training(model, train_config, steps)
-        batch = next(iter(labeled_ds))
-        report("train_step", fit(model, tf.data.Dataset.from_tensors(batch).repeat(), b),
+        model = supervised()
+        report("train_step", fit(model, inputs.one_batch(), b),
                jit_compile=bool(model.jit_compile))
     if "supervised_train" in only:
-        model = models.build_efficientnet(config)
-        training.compile_for_training(model, train_config, steps)
-        report("supervised_train", fit(model, labeled_ds, b),
+        model = supervised()
+        report("supervised_train", fit(model, inputs.labeled(), b),
                jit_compile=bool(model.jit_compile))
     if only & {"pseudo_label", "noisy_student_train"}:
-        tmp = tempfile.mkdtemp(prefix="nstudent-throughput-")
         teacher = models.build_efficientnet(config)
-        info = data.DatasetInfo("synthetic", FLAGS.num_classes, FLAGS.channels,
-                                tuple(str(i) for i in range(FLAGS.num_classes)))
-        export.write_run(os.path.join(tmp, "teacher"), teacher, config, info, {})
-        classifier = load_classifier(os.path.join(tmp, "teacher"), prefer="keras")
         n = FLAGS.label_images or 8 * b * ratio
-        unlabeled = _split(n, seed=1)
-        label_config = pseudo_labels.LabelConfig(min_confidence=0.0, per_class=0,
-                                                 batch_size=b)
-        # once to warm up (tracing), then timed into a fresh folder
-        pseudo_labels.label_shards(classifier, info, unlabeled, range(min(n, 2 * b)), [0],
-                                   1, label_config, os.path.join(tmp, "warm"), {})
-        start = time.perf_counter()
-        stats = pseudo_labels.label_shards(classifier, info, unlabeled, range(n), [0], 1,
-                                           label_config, os.path.join(tmp, "pl"), {})
-        seconds = time.perf_counter() - start
+        label = _label_with_shards if feed == "tf_data" else _label_in_memory
+        pseudo, figures = label(teacher, config, n, b)
         if "pseudo_label" in only:
-            report("pseudo_label", n / seconds, records_written=stats[0]["records"],
-                   inference_only_images_per_second=round(
-                       stats[0]["images_per_second_labeling"], 1))
+            report("pseudo_label", **figures)
         if "noisy_student_train" in only:
-            pl = pseudo_labels.load_pseudo_labels(os.path.join(tmp, "pl"))
-            pseudo_config = data.InputConfig(image_size=FLAGS.image_size,
-                                             batch_size=b * ratio)
-            ds = tf.data.Dataset.zip((
-                labeled_ds, data.train_dataset(pl.dataset(), FLAGS.num_classes,
-                                               pseudo_config))).prefetch(tf.data.AUTOTUNE)
-            student = training.NoisyStudent(models.build_efficientnet(config))
-            student.compile(optimizer=training.make_optimizer("adamw", 1e-3, 0.05,
-                                                              steps * FLAGS.epochs, 0),
+            if feed == "numpy":
+                train = _numpy_batches(NumpyFeed(inputs.images, inputs.one_hot, b),
+                                       NumpyFeed(*pseudo, b * ratio))
+            else:
+                import tensorflow as tf
+
+                train = tf.data.Dataset.zip((inputs.labeled(), data.train_dataset(
+                    pseudo.dataset(), FLAGS.num_classes, pseudo_config))).prefetch(
+                        tf.data.AUTOTUNE)
+            student = NoisyStudent(models.build_efficientnet(config),
+                                   noise=augment.device_noise(input_config))
+            student.compile(optimizer=make_optimizer("adamw", 1e-3, 0.05,
+                                                     steps * FLAGS.epochs, 0),
                             jit_compile=parse_jit(FLAGS.jit_compile))
-            report("noisy_student_train", fit(student, ds, b * (1 + ratio)),
+            report("noisy_student_train", fit(student, train, b * (1 + ratio)),
                    unlabeled_ratio=ratio, jit_compile=bool(student.jit_compile))
+
+
+def _label_with_shards(teacher, config, n, b):
+    """The real stage: load the exported teacher, label, select, write shards."""
+    import tensorflow as tf
+
+    from nstudent import data, export, pseudo_labels
+    from nstudent.evaluation import load_classifier
+
+    tmp = tempfile.mkdtemp(prefix="nstudent-throughput-")
+    info = data.DatasetInfo("synthetic", FLAGS.num_classes, FLAGS.channels,
+                            tuple(str(i) for i in range(FLAGS.num_classes)))
+    export.write_run(os.path.join(tmp, "teacher"), teacher, config, info, {})
+    classifier = load_classifier(os.path.join(tmp, "teacher"), prefer="keras")
+    images, labels = _random_uint8(n, seed=1)
+    unlabeled = data.Split("train", labels, lambda: tf.data.Dataset.from_tensor_slices(
+        (images, labels)))
+    label_config = pseudo_labels.LabelConfig(min_confidence=0.0, per_class=0, batch_size=b)
+    # once to warm up (tracing), then timed into a fresh folder
+    pseudo_labels.label_shards(classifier, info, unlabeled, range(min(n, 2 * b)), [0], 1,
+                               label_config, os.path.join(tmp, "warm"), {})
+    start = time.perf_counter()
+    stats = pseudo_labels.label_shards(classifier, info, unlabeled, range(n), [0], 1,
+                                       label_config, os.path.join(tmp, "pl"), {})
+    seconds = time.perf_counter() - start
+    return pseudo_labels.load_pseudo_labels(os.path.join(tmp, "pl")), {
+        "images_per_second": n / seconds, "records_written": stats[0]["records"],
+        "inference_only_images_per_second": round(
+            stats[0]["images_per_second_labeling"], 1)}
+
+
+def _label_in_memory(teacher, config, n, b):
+    """Teacher inference on uint8 batches plus soft labels, filtering and balancing."""
+    from nstudent.pseudo_labels.selection import filter_and_balance, soften
+
+    images, _ = _random_uint8(n, seed=1)
+    teacher.predict(images[:b], batch_size=b, verbose=0)  # warm-up: tracing
+    start = time.perf_counter()
+    logits = teacher.predict(images, batch_size=b, verbose=0)
+    inference = time.perf_counter() - start
+    probs = soften(logits, 1.0, False)
+    rows = filter_and_balance(probs, 0.0, 0).rows
+    seconds = time.perf_counter() - start
+    return (images[rows], probs[rows]), {
+        "images_per_second": n / seconds, "shards_written": False,
+        "inference_only_images_per_second": round(n / inference, 1)}
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ def define_train_flags():
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
     flags.DEFINE_integer("randaugment_layers", 2, "RandAugment operations per image (N).")
     flags.DEFINE_float("randaugment_magnitude", 9.0, "RandAugment magnitude M, 0-10.")
-    flags.DEFINE_enum("randaugment_impl", "keras_cv", list(augment.IMPLEMENTATIONS),
-                      "RandAugment implementation (see README).")
+    flags.DEFINE_enum("randaugment_impl", "auto", list(augment.IMPLEMENTATIONS),
+                      "RandAugment implementation: keras_cv or keras per image in "
+                      "tf.data, device inside the compiled step on uint8 batches, auto "
+                      "(device under JAX on a GPU/TPU, else keras_cv). See README.")
     flags.DEFINE_bool("random_flip", True, "Random horizontal flips.")
     flags.DEFINE_integer("crop_padding", 0, "Reflect-pad by this many pixels, then "
                          "random-crop back.")
@@ -144,7 +146,8 @@ def input_config(image_size, batch_size=None):
         image_size=image_size, batch_size=batch_size or FLAGS.batch_size,
         randaugment_layers=FLAGS.randaugment_layers,
         randaugment_magnitude=FLAGS.randaugment_magnitude,
-        randaugment_impl=FLAGS.randaugment_impl, random_flip=FLAGS.random_flip,
+        randaugment_impl=augment.resolve_impl(FLAGS.randaugment_impl),
+        random_flip=FLAGS.random_flip,
         crop_padding=FLAGS.crop_padding, cache=FLAGS.cache)
 
 

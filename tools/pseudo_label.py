@@ -30,7 +30,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from nstudent import data, evaluation, pseudo_labels
+    from nstudent import pseudo_labels
 
     cli.setup_runtime()
     try:
@@ -39,17 +39,10 @@ def main(argv):
         shards = (range(FLAGS.num_shards) if FLAGS.shard_index < 0
                   else [FLAGS.shard_index])
         info, splits = cli.load_dataset([FLAGS.train_split])
-        split = splits[FLAGS.train_split]
-        _, unlabeled = data.split_labeled(split.labels, info.num_classes,
-                                          FLAGS.labels_per_class, FLAGS.seed)
-        teacher = evaluation.load_classifier(FLAGS.teacher)
-        config = cli.label_config()
-        settings = pseudo_labels.teacher_settings(
-            teacher, FLAGS.teacher, FLAGS.dataset, FLAGS.train_split,
-            FLAGS.labels_per_class, FLAGS.seed, config)
-        stats = pseudo_labels.label_shards(
-            teacher, info, split, unlabeled, shards, FLAGS.num_shards, config, FLAGS.out,
-            settings, overwrite=FLAGS.overwrite)
+        stats = pseudo_labels.pseudo_label(
+            FLAGS.teacher, info, splits[FLAGS.train_split], FLAGS.dataset,
+            FLAGS.labels_per_class, FLAGS.seed, cli.label_config(), FLAGS.out, shards,
+            FLAGS.num_shards, overwrite=FLAGS.overwrite)
     except (ValueError, FileNotFoundError) as e:  # DataError and ShardError included
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
-"""RandAugment as input noise, applied per image inside tf.data.
+"""RandAugment as input noise: per image in tf.data, or on the accelerator.
 
-Two implementations, both well kept:
+Host implementations (per image, inside tf.data), both well kept:
 - "keras_cv" (default): KerasCV 0.9's RandAugment. It picks the N operations
   independently for every image, as the RandAugment and Noisy Student papers
   do, and ran at ~3,300 img/s per core pair on 32 px images in tf.data.
@@ -8,13 +8,29 @@ Two implementations, both well kept:
   once per call and evaluates all nine every time, so applied per image it is
   slower here (~750 img/s); it is the one that runs on the JAX backend inside
   a jitted step.
+On the accelerator: "device" is `nstudent.augment.device.DeviceNoise`, run by
+the model inside the compiled training step on uint8 batches (the flip and crop
+move there too). "auto" picks "device" under JAX on a GPU or TPU, where tf.data
+on the host cannot keep up, and "keras_cv" elsewhere.
 Magnitudes use the RandAugment paper's 0-10 scale (10 = strongest).
 """
 
-import tensorflow as tf
-
-IMPLEMENTATIONS = ("keras_cv", "keras", "none")
+IMPLEMENTATIONS = ("auto", "keras_cv", "keras", "device", "none")
 MAX_MAGNITUDE = 10.0
+
+
+def resolve_impl(impl):
+    """'auto' -> the implementation for this backend and device; others unchanged."""
+    if impl != "auto":
+        return impl
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.default_backend() != "cpu":
+            return "device"
+    return "keras_cv"
 
 
 def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None):
@@ -24,8 +40,14 @@ def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None):
                          f"choose one of {', '.join(IMPLEMENTATIONS)}.")
     if not 0 <= magnitude <= MAX_MAGNITUDE:
         raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
+    impl = resolve_impl(impl)
+    if impl == "device":
+        raise ValueError("RandAugment 'device' runs in the model (augment.DeviceNoise), "
+                         "not in tf.data.")
     if impl == "none" or num_ops <= 0:
         return lambda image: image
+    import tensorflow as tf
+
     strength = magnitude / MAX_MAGNITUDE
     if impl == "keras_cv":
         import keras_cv

@@ -1,5 +1,12 @@
 """Datasets (sources), labeled/unlabeled subsets and tf.data input pipelines."""
 
-from nstudent.data.pipeline import InputConfig, eval_dataset, resize, train_dataset  # noqa: F401
-from nstudent.data.sources import DataError, DatasetInfo, Split, load  # noqa: F401
-from nstudent.data.subsets import split_labeled  # noqa: F401
+from nstudent import lazy
+
+_HOMES = {
+    "InputConfig": "config",
+    "eval_dataset": "pipeline", "resize": "pipeline", "train_dataset": "pipeline",
+    "DataError": "sources", "DatasetInfo": "sources", "Split": "sources", "load": "sources",
+    "split_labeled": "subsets",
+}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy.exports(__name__, _HOMES)

@@ -2,29 +2,15 @@
 
 Images stay uint8 until augmentation (a small cache, a cheap host transfer);
 batches are float32 pixels in [0, 255] with one-hot (or soft) float32 labels,
-so labeled and pseudo-labeled data look the same to the loss.
+so labeled and pseudo-labeled data look the same to the loss. With RandAugment
+on the device, training batches stay uint8: the model adds all the noise.
 """
-
-import dataclasses
 
 import tensorflow as tf
 
 from nstudent.augment import make_randaugment
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-@dataclasses.dataclass(frozen=True)
-class InputConfig:
-    image_size: int
-    batch_size: int
-    randaugment_layers: int = 2
-    randaugment_magnitude: float = 9.0
-    randaugment_impl: str = "keras_cv"
-    random_flip: bool = True
-    crop_padding: int = 0  # pixels of reflect padding before a random crop
-    cache: bool = True
-    shuffle_buffer: int = 16384
 
 
 def resize(image, size):
@@ -65,7 +51,9 @@ def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat
     ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if augment:
+    if augment and config.randaugment_impl == "device":
+        pass  # uint8 to the accelerator; crop, flip and RandAugment happen there
+    elif augment:
         randaugment = make_randaugment(
             config.randaugment_layers, config.randaugment_magnitude,
             config.randaugment_impl, seed)

@@ -15,7 +15,7 @@ import os
 import keras
 from absl import logging
 
-from nstudent import data, export, pseudo_labels, training
+from nstudent import export, pseudo_labels, training
 from nstudent.evaluation import load_classifier
 from nstudent.export.atomic import read_json, write_json
 from nstudent.pipeline.manifest import Manifest
@@ -183,16 +183,9 @@ def _robustness(path, info, test_split, plan):
 
 
 def _label(out_dir, gen, info, train_split, plan, path):
-    teacher_dir = os.path.join(out_dir, f"gen{gen - 1}")
-    _, unlabeled = data.split_labeled(train_split.labels, info.num_classes,
-                                      plan.labels_per_class, plan.seed)
-    classifier = load_classifier(teacher_dir)
-    settings = pseudo_labels.teacher_settings(
-        classifier, teacher_dir, plan.dataset, train_split.name, plan.labels_per_class,
-        plan.seed, plan.label)
-    stats = pseudo_labels.label_shards(
-        classifier, info, train_split, unlabeled, range(plan.num_shards), plan.num_shards,
-        plan.label, path, settings)
+    stats = pseudo_labels.pseudo_label(
+        os.path.join(out_dir, f"gen{gen - 1}"), info, train_split, plan.dataset,
+        plan.labels_per_class, plan.seed, plan.label, path, num_shards=plan.num_shards)
     n = sum(s["images_in"] for s in stats)
     return {"records": sum(s["records"] for s in stats), "images_in": n,
             "kept_after_filter": sum(s["kept_after_filter"] for s in stats),

@@ -1,7 +1,14 @@
 """Training: optimizers, the supervised teacher and the noisy student."""
 
-from nstudent.training.optim import OPTIMIZERS, make_optimizer  # noqa: F401
-from nstudent.training.student import NoisyStudent, train_student  # noqa: F401
-from nstudent.training.supervised import (  # noqa: F401
-    TrainConfig, classification_metrics, compile_for_training, fit, progress_verbosity)
-from nstudent.training.teacher import train_teacher  # noqa: F401
+from nstudent import lazy
+
+_HOMES = {
+    "OPTIMIZERS": "optim", "make_optimizer": "optim",
+    "NoisyStudent": "steps", "Noised": "steps", "with_device_noise": "steps",
+    "TrainConfig": "supervised", "classification_metrics": "supervised",
+    "compile_for_training": "supervised", "fit": "supervised",
+    "progress_verbosity": "supervised",
+    "train_student": "student", "train_teacher": "teacher",
+}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy.exports(__name__, _HOMES)

@@ -6,6 +6,7 @@ from absl import logging
 
 from nstudent import data, models
 from nstudent.training.runs import finish_run, labeled_subset
+from nstudent.training.steps import with_device_noise
 from nstudent.training.supervised import compile_for_training, fit
 
 
@@ -20,16 +21,17 @@ def train_teacher(out_dir, info, train_split, test_split, model_config, input_co
     steps = train_config.steps_per_epoch or len(labeled) // batch
     train_ds = data.train_dataset(train_split.dataset(labeled), info.num_classes,
                                   input_config, seed=seed)
-    model = models.build_efficientnet(model_config)
+    network = models.build_efficientnet(model_config)
     logging.info("EfficientNet-%s: %d parameters, %d px, %d blocks.", model_config.variant,
-                 model.count_params(), model_config.resolved_image_size,
-                 len(models.block_names(model)))
+                 network.count_params(), model_config.resolved_image_size,
+                 len(models.block_names(network)))
+    model = with_device_noise(network, input_config, seed)
     compile_for_training(model, train_config, steps)
     jit = bool(model.jit_compile)
     history, epoch_seconds = fit(model, train_ds, steps, train_config.epochs,
                                  f"{out_dir}/logs")
     return finish_run(
-        out_dir, model, model_config, info, test_split, input_config, start, history,
+        out_dir, network, model_config, info, test_split, input_config, start, history,
         epoch_seconds, batch, steps, {
             "stage": "teacher", "labeled_examples": int(len(labeled)),
             "unlabeled_examples": int(len(unlabeled)), "jit_compile": jit,
