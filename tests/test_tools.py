@@ -49,6 +49,8 @@ def test_train_exports_and_evaluate_agrees(tmp_path, backend):
     assert metrics["seconds_per_epoch"] > 0 and metrics["train_images_per_second"] > 0
     # The training step must really be compiled: XLA on JAX, a graph on TF-CPU.
     assert metrics["jit_compile"] == (backend == "jax")
+    # --randaugment_impl=auto resolves (no accelerator here: host KerasCV) and is recorded
+    assert metrics["input"]["randaugment_impl"] == "keras_cv"
 
     for prefer in ("saved_model", "keras"):
         result = run_tool("evaluate.py", f"--model={out}", f"--prefer={prefer}",

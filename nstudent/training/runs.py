@@ -1,5 +1,6 @@
 """What every training run shares: the labeled subset, test scores, metrics, export."""
 
+import dataclasses
 import platform
 import time
 
@@ -45,7 +46,8 @@ def finish_run(out_dir, network, model_config, info, test_split, input_config, s
         train_images_per_second=steps * images_per_step / steady,
         last_epoch={k: float(v[-1]) for k, v in history.items()},
         parameters=int(network.count_params()), dataset=info.name,
-        model=model_config.to_dict(), versions=versions())
+        model=model_config.to_dict(), input=dataclasses.asdict(input_config),
+        versions=versions())
     metrics["seconds_total"] = time.time() - start
     export.write_run(out_dir, network, model_config, info, metrics)
     logging.info("Test top-1 %.4f, top-5 %.4f; wrote %s", metrics["test_top1"],
