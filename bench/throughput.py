@@ -25,6 +25,7 @@ Images are random pixels, so any resolution runs without a dataset.
 """
 
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -129,8 +130,7 @@ class Inputs:
         """A single training batch, repeated forever (the step alone)."""
         if self.feed == "numpy":
             b = self.config.batch_size
-            batch = (self.images[:b], self.one_hot[:b])
-            return (batch for _ in iter(int, 1))
+            return itertools.repeat((self.images[:b], self.one_hot[:b]))
         import tensorflow as tf
 
         return tf.data.Dataset.from_tensors(next(iter(self.labeled()))).repeat()
@@ -231,8 +231,8 @@ def main(argv):
                 train = tf.data.Dataset.zip((inputs.labeled(), data.train_dataset(
                     pseudo.dataset(), FLAGS.num_classes, pseudo_config))).prefetch(
                         tf.data.AUTOTUNE)
-            student = NoisyStudent(models.build_efficientnet(config),
-                                   noise=augment.device_noise(input_config))
+            student = NoisyStudent(with_device_noise(models.build_efficientnet(config),
+                                                     input_config))
             student.compile(optimizer=make_optimizer("adamw", 1e-3, 0.05,
                                                      steps * FLAGS.epochs, 0),
                             jit_compile=parse_jit(FLAGS.jit_compile))

@@ -95,6 +95,11 @@ def _affine(a, b, c, d, tx=None, ty=None):
                       ops.stack([zero, zero, one], -1)], 1)
 
 
+def _translation(tx, ty):
+    one = ops.ones_like(tx)
+    return _affine(one, 0 * one, 0 * one, one, tx, ty)
+
+
 class DeviceNoise(keras.layers.Layer):
     """Per-image RandAugment, random flip and padded crop on a [B, H, W, C] batch.
 
@@ -151,20 +156,20 @@ class DeviceNoise(keras.layers.Layer):
         cos, sin = ops.cos(angle), ops.sin(angle)
         shear_x = pick("shear_x") * self._signed(batch, MAX_SHEAR)
         shear_y = pick("shear_y") * self._signed(batch, MAX_SHEAR)
-        one, zero = ops.ones_like(angle), ops.zeros_like(angle)
+        one = ops.ones_like(angle)
         shift = ops.stack([pick(n) * self._signed(batch, MAX_TRANSLATE) for n in
                            ("translate_x", "translate_y")], -1) * ops.array(size, "float32")
         return ops.matmul(ops.matmul(
             _affine(cos, -sin, sin, cos), _affine(one, shear_x, shear_y, one)),
-            _affine(one, zero, zero, one, shift[:, 0], shift[:, 1]))
+            _translation(shift[:, 0], shift[:, 1]))
 
     def call(self, images, training=True):
         images = ops.cast(images, "float32")
         if not training:
             return images
         batch, height, width, _ = ops.shape(images)
-        one = ops.ones((batch,), "float32")
-        warp = _affine(one, 0 * one, 0 * one, one)
+        zero = ops.zeros((batch,), "float32")
+        warp = _translation(zero, zero)
         for _ in range(self.num_ops):
             drawn = keras.random.randint((batch,), 0, len(OPS), seed=self.seed_generator)
 
@@ -175,16 +180,15 @@ class DeviceNoise(keras.layers.Layer):
             warp = ops.matmul(warp, self._geometry_round(batch, (width, height), pick))
         if self.random_flip:
             flip = ops.where(self._uniform(batch) < 0.5, -1.0, 1.0)
-            warp = ops.matmul(warp, _affine(flip, 0 * one, 0 * one, one))
+            warp = ops.matmul(warp, _affine(flip, zero, zero, zero + 1))
         if self.crop_padding > 0:
             p = self.crop_padding
             shift = [ops.floor(self._uniform(batch, -p, p + 1)) for _ in range(2)]
-            warp = ops.matmul(warp, _affine(one, 0 * one, 0 * one, one, *shift))
+            warp = ops.matmul(warp, _translation(*shift))
         # centred coordinates -> pixel coordinates, as affine_transform reads them
         cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-        to_centre = _affine(one, 0 * one, 0 * one, one, -cx * one, -cy * one)
-        from_centre = _affine(one, 0 * one, 0 * one, one, cx * one, cy * one)
-        warp = ops.matmul(ops.matmul(from_centre, warp), to_centre)
+        warp = ops.matmul(ops.matmul(_translation(zero + cx, zero + cy), warp),
+                          _translation(zero - cx, zero - cy))
         transform = ops.concatenate(
             [ops.reshape(warp[:, :2, :], (-1, 6)), ops.zeros((batch, 2), "float32")], -1)
         images = ops.image.affine_transform(images, transform, fill_mode="reflect")

@@ -5,6 +5,7 @@ dropout, no stochastic depth, batch-norm moving statistics.
 """
 
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -12,8 +13,11 @@ import tensorflow as tf
 from absl import logging
 
 from nstudent.data.pipeline import resize
-from nstudent.pseudo_labels.selection import filter_and_balance, soften
-from nstudent.pseudo_labels.shards import write_shard
+from nstudent.data.subsets import split_labeled
+from nstudent.evaluation import load_classifier
+from nstudent.export.atomic import read_json
+from nstudent.pseudo_labels.selection import filter_and_balance, harden, soften
+from nstudent.pseudo_labels.shards import shard_is_complete, shard_paths, write_shard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +76,7 @@ def label_shard(classifier, info, split, unlabeled, shard_index, num_shards, con
                             config.batch_size, where)
     seconds_labeling = time.time() - start
     confidence_probs = soften(logits, config.temperature)  # filter on the soft ones
-    probs = (np.eye(confidence_probs.shape[-1], dtype=np.float32)[
-        np.argmax(confidence_probs, axis=-1)] if config.hard else confidence_probs)
+    probs = harden(confidence_probs) if config.hard else confidence_probs
     per_class = -(-config.per_class // num_shards) if config.per_class > 0 else 0
     selection = filter_and_balance(confidence_probs, config.min_confidence, per_class)
     rows = selection.rows
@@ -113,10 +116,6 @@ def label_shard(classifier, info, split, unlabeled, shard_index, num_shards, con
 def teacher_settings(classifier, teacher_path, dataset_name, split_name, labels_per_class,
                      seed, config):
     """What makes a pseudo-label run itself; every shard stores it."""
-    import os
-
-    from nstudent.export.atomic import read_json
-
     metrics = os.path.join(os.path.abspath(teacher_path), "metrics.json")
     params = (read_json(metrics).get("parameters") if os.path.exists(metrics) else
               classifier.keras_model.count_params() if classifier.keras_model else None)
@@ -129,9 +128,6 @@ def teacher_settings(classifier, teacher_path, dataset_name, split_name, labels_
 def label_shards(classifier, info, split, unlabeled, shards, num_shards, config, out_dir,
                  settings, overwrite=False):
     """Labels each shard in `shards` unless it is already complete; returns all stats."""
-    from nstudent.export.atomic import read_json
-    from nstudent.pseudo_labels.shards import shard_paths, shard_is_complete
-
     if classifier.num_classes is not None and classifier.num_classes != info.num_classes:
         raise ValueError(f"The teacher predicts {classifier.num_classes} classes but "
                          f"{info.name} has {info.num_classes}.")
@@ -160,9 +156,6 @@ def pseudo_label(teacher_path, info, split, dataset_name, labels_per_class, seed
                  out_dir, shards=None, num_shards=1, overwrite=False):
     """The whole stage: a teacher (run folder, .keras or SavedModel) labels the
     unlabeled part of `split` into `out_dir`; returns each shard's stats."""
-    from nstudent.data.subsets import split_labeled
-    from nstudent.evaluation import load_classifier
-
     _, unlabeled = split_labeled(split.labels, info.num_classes, labels_per_class, seed)
     classifier = load_classifier(teacher_path)
     settings = teacher_settings(classifier, teacher_path, dataset_name, split.name,

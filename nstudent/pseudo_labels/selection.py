@@ -14,10 +14,14 @@ def soften(logits, temperature=1.0, hard=False):
         raise ValueError(f"--temperature must be positive, got {temperature}.")
     logits = np.asarray(logits, np.float64) / temperature
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs = e / e.sum(axis=-1, keepdims=True)
-    if hard:
-        probs = np.eye(probs.shape[-1])[np.argmax(probs, axis=-1)]
-    return probs.astype(np.float32)
+    probs = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return harden(probs) if hard else probs
+
+
+def harden(probabilities):
+    """One-hot float32 of each row's argmax: hard pseudo-labels."""
+    probabilities = np.asarray(probabilities)
+    return np.eye(probabilities.shape[-1], dtype=np.float32)[np.argmax(probabilities, axis=-1)]
 
 
 @dataclasses.dataclass

@@ -39,16 +39,16 @@ class NoisyStudent(keras.Model):
     """Trains `network` on ((labeled images, one-hot), (pseudo images, soft labels)).
 
     Both batches go through the student in one forward pass (batch norm sees
-    both, as in the paper) with all noise on: RandAugment (in tf.data, or here
-    as `noise` on uint8 batches), dropout and stochastic depth. The loss is
+    both, as in the paper) with all noise on: RandAugment (in tf.data, or on
+    uint8 batches when `network` is `with_device_noise`'s Noised), dropout and
+    stochastic depth. The loss is
     cross-entropy on the labels plus `pseudo_loss_weight` times cross-entropy
     against the teacher's soft labels; both parts are logged.
     """
 
-    def __init__(self, network, pseudo_loss_weight=1.0, noise=None, **kwargs):
+    def __init__(self, network, pseudo_loss_weight=1.0, **kwargs):
         super().__init__(**kwargs)
         self.network = network
-        self.noise = noise  # DeviceNoise when RandAugment runs inside the step
         self.pseudo_loss_weight = float(pseudo_loss_weight)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.labeled_loss_tracker = keras.metrics.Mean(name="labeled_loss")
@@ -59,8 +59,6 @@ class NoisyStudent(keras.Model):
         self.built = True  # the network is; no data is needed to build anything
 
     def call(self, images, training=False):
-        if self.noise is not None:
-            images = self.noise(images, training=training)
         return self.network(images, training=training)
 
     @property

@@ -11,11 +11,10 @@ import tensorflow as tf
 from absl import logging
 
 from nstudent import data, models
-from nstudent.augment.device import device_noise
 from nstudent.evaluation import load_classifier
 from nstudent.training.optim import make_optimizer
 from nstudent.training.runs import finish_run, labeled_subset
-from nstudent.training.steps import NoisyStudent
+from nstudent.training.steps import NoisyStudent, with_device_noise
 from nstudent.training.supervised import fit, parse_jit
 
 
@@ -78,8 +77,8 @@ def train_student(out_dir, info, train_split, test_split, pseudo, model_config,
         teacher = _teacher_network(pseudo.stats[0]["settings"]["teacher"], model_config)
         network.set_weights(teacher.get_weights())
         logging.info("Student starts from the teacher's weights.")
-    student = NoisyStudent(network, pseudo_loss_weight,
-                           noise=device_noise(input_config, seed))
+    student = NoisyStudent(with_device_noise(network, input_config, seed),
+                           pseudo_loss_weight)
     student.compile(
         optimizer=make_optimizer(train_config.optimizer, train_config.learning_rate,
                                  train_config.weight_decay, steps * train_config.epochs,
