@@ -1,5 +1,8 @@
 """Flags shared by the tools in tools/, and turning them into library objects."""
 
+import os
+import sys
+
 from absl import flags, logging
 
 from nstudent import augment, data, models, training
@@ -25,15 +28,25 @@ def define_data_flags():
         "(PATH/<split>*.tfrecord* with 'image' bytes and 'label' int64).")
     flags.DEFINE_string("train_split", "train", "Training split (TFDS split or subfolder).")
     flags.DEFINE_string("test_split", "test", "Evaluation split.")
-    flags.DEFINE_integer("channels", 3, "Channels of folder/TFRecord images (1 or 3); "
-                         "an image with another count is an error.")
+    flags.DEFINE_integer("channels", 3, "Channels of folder/TFRecord images, 1 or 3: "
+                      "every image is converted (grey, RGBA, CMYK, palette -> RGB; colour "
+                      "-> grey), as Keras' image_dataset_from_directory does.")
+    flags.DEFINE_string(
+        "unlabeled_dataset", None,
+        "A separate collection of unlabeled images to pseudo-label: folder:PATH (every "
+        "image under PATH; subfolders are not labels), tfds:NAME[:SPLIT] (default split: "
+        "unlabelled, else train; labels ignored) or tfrecord:PATH (records with an encoded "
+        "'image'). Unset: the train split's images outside the labeled subset.")
+    flags.DEFINE_bool("verify_images", False, "Decode every image of an image folder once "
+                      "at start (slow for large folders) instead of while streaming.")
     flags.DEFINE_integer("num_classes", 0, "Classes of a TFRecord dataset; 0: from "
                          "dataset_info.json or the largest label.")
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder.")
     flags.DEFINE_bool("tfds_download", False, "Let TFDS download a dataset that is not "
                       "prepared locally (needs network).")
     flags.DEFINE_bool("skip_corrupt_images", False, "Skip unreadable images in an image "
-                      "folder (counted in the log) instead of stopping.")
+                      "folder (counted, the first named, in the log and metrics.json) "
+                      "instead of stopping with an error that names the file.")
     flags.DEFINE_integer("labels_per_class", 0, "Labeled examples kept per class; the "
                          "rest of the train split is unlabeled. 0: all labeled.")
     flags.DEFINE_integer("seed", 0, "Seed of the labeled subset, initialization and noise.")
@@ -70,7 +83,26 @@ def define_train_flags():
     flags.DEFINE_bool("random_flip", True, "Random horizontal flips.")
     flags.DEFINE_integer("crop_padding", 0, "Reflect-pad by this many pixels, then "
                          "random-crop back.")
-    flags.DEFINE_bool("cache", True, "Cache decoded training images in memory.")
+    flags.DEFINE_enum("crop", "pad", list(data.CROPS), "pad: resize to a square, "
+                      "reflect-pad by --crop_padding and crop back (small images); "
+                      "random_resized: Inception-style crop of --crop_scale area and "
+                      "--crop_ratio aspect, resized; evaluation then resizes the shorter "
+                      "side and keeps the central --center_crop (photos).")
+    flags.DEFINE_list("crop_scale", ["0.08", "1.0"], "random_resized: min,max area fraction.")
+    flags.DEFINE_list("crop_ratio", ["0.75", "1.3333"], "random_resized: min,max aspect "
+                      "ratio.")
+    flags.DEFINE_float("center_crop", 0.875, "random_resized: central fraction kept at "
+                       "evaluation and pseudo-labeling.")
+    flags.DEFINE_enum("cache", "auto", list(data.CACHES), "Cache of prepared training "
+                      "images: auto (memory when they fit 25% of RAM, else none), memory, "
+                      "disk (a temporary file), none.")
+    flags.DEFINE_integer("bn_recalibration_batches", 100, "After training, recompute "
+                         "batch-norm statistics on up to this many clean training batches "
+                         "(precise BN); 0: keep the moving averages.")
+    flags.DEFINE_string("init_weights", None, "Start the model (a teacher, or a student "
+                        "from scratch) from an EfficientNet weights file in Keras "
+                        "applications' layout (.h5, .weights.h5 or .keras), by layer name; "
+                        "nothing is downloaded.")
     flags.DEFINE_string("jit_compile", "auto", "auto|true|false. auto: XLA on "
                         "accelerators and on JAX, not on CPU with TensorFlow.")
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
@@ -126,11 +158,39 @@ def finetune_train_config():
 
 def load_dataset(split_names=None):
     """The --dataset's splits: --train_split and --test_split unless named."""
+    if FLAGS.channels not in (1, 3):
+        raise data.DataError(f"--channels must be 1 or 3, got {FLAGS.channels}.")
     return data.load(
         FLAGS.dataset, split_names or (FLAGS.train_split, FLAGS.test_split),
         channels=FLAGS.channels,
         num_classes=FLAGS.num_classes, tfds_data_dir=FLAGS.tfds_data_dir,
-        tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images)
+        tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images,
+        verify=FLAGS.verify_images)
+
+
+def load_stage_data(test=True, unlabeled=False):
+    """The data a stage works on; the unlabeled source is opened only when asked."""
+    names = (FLAGS.train_split, FLAGS.test_split) if test else (FLAGS.train_split,)
+    info, splits = load_dataset(names)
+    source = None
+    if unlabeled and FLAGS.unlabeled_dataset:
+        source = data.load_unlabeled(
+            FLAGS.unlabeled_dataset, info.channels, tfds_data_dir=FLAGS.tfds_data_dir,
+            tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images,
+            verify=FLAGS.verify_images)
+    return data.StageData(
+        info, splits[FLAGS.train_split], splits.get(FLAGS.test_split) if test else None,
+        FLAGS.labels_per_class, FLAGS.seed, FLAGS.dataset, source,
+        FLAGS.unlabeled_dataset or "")
+
+
+def _pair(name):
+    values = getattr(FLAGS, name)
+    try:
+        low, high = (float(v) for v in values)
+    except ValueError:
+        raise ValueError(f"--{name} takes two numbers min,max; got {','.join(values)}.")
+    return low, high
 
 
 def model_config(info):
@@ -147,8 +207,9 @@ def input_config(image_size, batch_size=None):
         randaugment_layers=FLAGS.randaugment_layers,
         randaugment_magnitude=FLAGS.randaugment_magnitude,
         randaugment_impl=augment.resolve_impl(FLAGS.randaugment_impl),
-        random_flip=FLAGS.random_flip,
-        crop_padding=FLAGS.crop_padding, cache=FLAGS.cache)
+        random_flip=FLAGS.random_flip, crop=FLAGS.crop, crop_padding=FLAGS.crop_padding,
+        crop_scale=_pair("crop_scale"), crop_ratio=_pair("crop_ratio"),
+        center_crop=FLAGS.center_crop, cache=FLAGS.cache)
 
 
 def train_config():
@@ -156,7 +217,40 @@ def train_config():
         epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
         optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
         weight_decay=FLAGS.weight_decay, warmup_epochs=FLAGS.warmup_epochs,
-        label_smoothing=FLAGS.label_smoothing, jit_compile=FLAGS.jit_compile)
+        label_smoothing=FLAGS.label_smoothing, jit_compile=FLAGS.jit_compile,
+        bn_recalibration_batches=FLAGS.bn_recalibration_batches)
+
+
+def validate_flags():
+    """Checks what can be checked before any data is read (fast errors)."""
+    input_config(FLAGS.image_size or 1)  # crop and cache settings
+    if FLAGS.init_weights and not os.path.exists(FLAGS.init_weights):
+        raise data.DataError(f"--init_weights: no file at {FLAGS.init_weights!r}.")
+    if FLAGS.channels not in (1, 3):
+        raise data.DataError(f"--channels must be 1 or 3, got {FLAGS.channels}.")
+
+
+def run_stage(stage, validate=True):
+    """Runs `stage()`; bad input ends in one line on stderr and exit code 2, never a
+    traceback: ValueError (DataError, ShardError, WeightsError), a missing file, and
+    an unreadable image met while streaming (named; see data/decode.py)."""
+    try:
+        if validate:
+            validate_flags()
+        return stage() or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a TensorFlow error from inside tf.data
+        from nstudent.data.decode import unreadable_path
+
+        path = unreadable_path(e)
+        if path is None:
+            raise
+        print(f"error: {path} is not a readable image (truncated, empty or not an image). "
+              "Pass --skip_corrupt_images to skip such files (counted in metrics.json), "
+              "or --verify_images to check every image before training.", file=sys.stderr)
+        return 2
 
 
 def setup_runtime():

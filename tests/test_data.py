@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 
 import numpy as np
@@ -9,6 +10,7 @@ from conftest import random_images, write_image_folder
 from nstudent import data
 from nstudent.augment import make_randaugment
 from nstudent.data import DataError, split_labeled
+from nstudent.data.decode import unreadable_path
 from nstudent.data.sources import DEBIAN_FASHION_MNIST
 
 
@@ -53,25 +55,117 @@ def test_image_folder_reads_classes_and_images(tmp_path):
     assert len(images) == 4 and images[0].shape == (12, 12, 3)
 
 
-def test_corrupt_image_is_named_or_skipped_with_count(tmp_path, caplog):
+def test_corrupt_image_is_named_while_streaming_or_skipped_and_recorded(tmp_path):
     write_image_folder(tmp_path, "train")
     write_image_folder(tmp_path, "test")
     bad = tmp_path / "train" / "dog" / "broken.png"
     bad.write_bytes(b"not a png at all")
-    with pytest.raises(DataError, match="broken.png is not a readable image"):
-        data.load(f"folder:{tmp_path}")
+    info, splits = data.load(f"folder:{tmp_path}")  # indexed, nothing decoded yet
+    assert len(splits["train"]) == 7
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        list(splits["train"].dataset())
+    assert unreadable_path(error.value) == str(bad)
     info, splits = data.load(f"folder:{tmp_path}", skip_corrupt=True)
+    assert len(list(splits["train"].dataset())) == 6
+    assert splits["train"].skipped_files() == [str(bad)]
+    # --verify_images: today's up-front check, named at once
+    with pytest.raises(DataError, match="broken.png is not a readable image"):
+        data.load(f"folder:{tmp_path}", verify=True)
+    info, splits = data.load(f"folder:{tmp_path}", verify=True, skip_corrupt=True)
     assert len(splits["train"]) == 6
-    assert "Skipping 1 corrupt images" in caplog.text
 
 
-def test_wrong_channel_count_is_named(tmp_path):
-    write_image_folder(tmp_path, "train")
-    write_image_folder(tmp_path, "test")
-    (tmp_path / "train" / "cat" / "grey.png").write_bytes(
-        tf.io.encode_png(random_images(1, 12, 1)[0]).numpy())
-    with pytest.raises(DataError, match="grey.png has 1 channels, expected 3"):
-        data.load(f"folder:{tmp_path}")
+def _photo(mode, size=(30, 20), fmt="JPEG"):
+    import io
+
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_colour_mode_is_converted_like_keras_folder_loader(tmp_path, channels):
+    files = {"grey.jpg": _photo("L"), "cmyk.jpg": _photo("CMYK"),
+             "rgba.png": _photo("RGBA", fmt="PNG"), "palette.gif": _photo("P", fmt="GIF"),
+             "rgb.bmp": _photo("RGB", fmt="BMP"), "rgb.jpeg": _photo("RGB")}
+    for name, contents in files.items():
+        (tmp_path / name).write_bytes(contents)
+    split = data.load_unlabeled(f"folder:{tmp_path}", channels)
+    images = [x.numpy() for x, _ in split.dataset()]
+    assert len(images) == len(files)
+    assert all(x.shape == (20, 30, channels) and x.dtype == np.uint8 for x in images)
+    if channels == 3:  # grey becomes grey RGB: equal channels
+        grey = images[sorted(files).index("grey.jpg")]
+        np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
+
+
+def test_selection_never_decodes_unselected_images(tmp_path):
+    """Choosing a subset decodes only it: the other files here are not images at all."""
+    write_image_folder(tmp_path, "train", per_class=2)
+    write_image_folder(tmp_path, "test", per_class=1)
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name / "9.png").write_bytes(b"garbage")  # indices 2 and 5
+    info, splits = data.load(f"folder:{tmp_path}")
+    picked = list(splits["train"].dataset([0, 4], with_index=True).as_numpy_iterator())
+    assert [(int(y), int(i)) for _, y, i in picked] == [(0, 0), (1, 4)]
+    # TFRecords: records whose bytes are not images are skipped over unparsed
+    path = tmp_path / "rec"
+    path.mkdir()
+    _write_tfrecords(path / "train-0.tfrecord", [0, 1, 0], garbage_at=1)
+    _write_tfrecords(path / "test-0.tfrecord", [0, 1])
+    info, splits = data.load(f"tfrecord:{path}", channels=1)
+    assert [int(y) for _, y in splits["train"].dataset([0, 2])] == [0, 0]
+
+
+def test_unknown_extensions_are_counted_and_reported(tmp_path, caplog):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jpg").write_bytes(_photo("RGB"))
+    (tmp_path / "a" / "notes.txt").write_text("hi")
+    (tmp_path / "b.webp").write_bytes(b"RIFF")
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        split = data.load_unlabeled(f"folder:{tmp_path}", 3)
+    assert len(split) == 1 and not split.has_labels
+    assert "2 files with other extensions" in caplog.text and ".webp" in caplog.text
+
+
+def test_unlabeled_sources_bad_input(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.load_unlabeled(f"folder:{tmp_path}/none", 3)
+    with pytest.raises(DataError, match="holds no images"):
+        data.load_unlabeled(f"folder:{tmp_path}", 3)
+    with pytest.raises(DataError, match="Unknown --unlabeled_dataset"):
+        data.load_unlabeled("imagenet", 3)
+    with pytest.raises(DataError, match="No TFRecord files"):
+        data.load_unlabeled(f"tfrecord:{tmp_path}", 3)
+    with tf.io.TFRecordWriter(str(tmp_path / "u.tfrecord")) as w:
+        w.write(tf.train.Example(features=tf.train.Features(feature={
+            "pixels": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}))
+            .SerializeToString())
+    with pytest.raises(DataError, match="no 'image' feature .*pixels"):
+        data.load_unlabeled(f"tfrecord:{tmp_path}", 3)
+
+
+def test_unlabeled_tfrecords_need_no_label(tmp_path):
+    _write_tfrecords(tmp_path / "any-0.tfrecord", [0, 0, 0], channels=3, with_label=False)
+    split = data.load_unlabeled(f"tfrecord:{tmp_path}", 1)
+    images = [x for x, _ in split.dataset()]
+    assert len(images) == 3 and images[0].shape == (8, 8, 1)  # colour converted to grey
+    assert split.labels.tolist() == [data.UNLABELED] * 3
+
+
+def test_missing_tfds_split_is_named():
+    import types
+
+    from nstudent.data.sources import _tfds_split
+
+    builder = types.SimpleNamespace(name="toy", info=types.SimpleNamespace(
+        splits={"train": None, "test": None}))
+    with pytest.raises(DataError, match="no split 'unlabelled'; it has train, test"):
+        _tfds_split(builder, "unlabelled", 3, None)
 
 
 def test_missing_folder_split_and_unknown_class(tmp_path):
@@ -85,14 +179,18 @@ def test_missing_folder_split_and_unknown_class(tmp_path):
         data.load(f"folder:{tmp_path}")
 
 
-def _write_tfrecords(path, labels, channels=1):
+def _write_tfrecords(path, labels, channels=1, garbage_at=None, with_label=True):
     with tf.io.TFRecordWriter(str(path)) as w:
-        for label, image in zip(labels, random_images(len(labels), 8, channels)):
-            ex = tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[tf.io.encode_png(image).numpy()])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
-            w.write(ex.SerializeToString())
+        for i, (label, image) in enumerate(zip(labels, random_images(len(labels), 8,
+                                                                     channels))):
+            encoded = b"garbage" if i == garbage_at else tf.io.encode_png(image).numpy()
+            feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[encoded]))}
+            if with_label:
+                feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[label]))
+            w.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                    .SerializeToString())
 
 
 def test_tfrecords_and_label_outside_class_range(tmp_path):

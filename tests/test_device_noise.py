@@ -94,7 +94,7 @@ def test_equalize_and_autocontrast_spread_the_histogram():
 
 def test_device_config_ships_uint8_and_the_model_adds_the_noise(tiny_config):
     config = data.InputConfig(image_size=16, batch_size=4, randaugment_impl="device",
-                              crop_padding=2, cache=False)
+                              crop_padding=2, cache="none")
     images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 1)).astype(np.uint8)
     examples = tf.data.Dataset.from_tensor_slices((images, np.arange(8) % 4))
     x, y = next(iter(data.train_dataset(examples, 4, config, seed=0)))

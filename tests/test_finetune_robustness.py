@@ -29,7 +29,7 @@ def test_finetune_keeps_frozen_layers_bit_identical(toy_run, tmp_path):
     run, model, info, splits = toy_run
     before = _weights_by_layer(model)
     out = str(tmp_path / "gen0" / "finetuned_32")
-    metrics = finetune(run, out, info, splits["train"], splits["test"], 32,
+    metrics = finetune(run, out, data.StageData(info, splits["train"], splits["test"]), 32,
                        data.InputConfig(image_size=32, batch_size=8),
                        training.TrainConfig(epochs=2, learning_rate=0.01), freeze_blocks=2)
     tuned = keras.saving.load_model(out + "/model.keras", compile=False)
@@ -53,7 +53,7 @@ def test_finetune_keeps_frozen_layers_bit_identical(toy_run, tmp_path):
 
 def test_finetune_bad_input(toy_run, tmp_path, tiny_config):
     run, model, info, splits = toy_run
-    args = (info, splits["train"], splits["test"])
+    args = (data.StageData(info, splits["train"], splits["test"]),)
     cfg = data.InputConfig(image_size=24, batch_size=8)
     with pytest.raises(ValueError, match="below the model's minimum of 32"):
         finetune(run, str(tmp_path / "x"), *args, 16, cfg, training.TrainConfig(epochs=1))

@@ -8,6 +8,7 @@ import pytest
 from conftest import random_images
 from nstudent import data, export, models, pseudo_labels
 from nstudent.evaluation import load_classifier
+from nstudent.data.sources import in_memory_split
 from nstudent.pseudo_labels import (
     LabelConfig, ShardError, filter_and_balance, load_pseudo_labels, soften)
 
@@ -74,12 +75,14 @@ def _noisy_teacher_run(tmp_path, tiny_config, num_classes=4):
 
 
 def _toy_split(n=40, num_classes=4, size=16):
-    import tensorflow as tf
-
     images = random_images(n, size, 1, seed=3)
     labels = np.arange(n) % num_classes
-    return data.Split("train", labels,
-                      lambda: tf.data.Dataset.from_tensor_slices((images, labels)))
+    return in_memory_split("train", images, labels)
+
+
+def _unlabeled(info, split):
+    """StageData whose unlabeled images are all of `split` (a separate source)."""
+    return data.StageData(info, split, unlabeled_source=split)
 
 
 @pytest.mark.parametrize("prefer", ["saved_model", "keras"])
@@ -97,7 +100,7 @@ def test_teacher_runs_clean(tmp_path, tiny_config, prefer):
     split = _toy_split()
     config = LabelConfig(min_confidence=0.0)
     for out in ("a", "b"):
-        pseudo_labels.label_shards(teacher, info, split, np.arange(40), [0], 1, config,
+        pseudo_labels.label_shards(teacher, _unlabeled(info, split), [0], 1, config,
                                    str(tmp_path / out), {"run": out})
     a, b = (load_pseudo_labels(str(tmp_path / o)) for o in "ab")
     labels_a = np.stack([y for _, y in a.dataset().as_numpy_iterator()])
@@ -111,7 +114,7 @@ def test_shards_round_trip_skip_and_name_missing_or_partial_ones(tmp_path, tiny_
     split = _toy_split()
     out = str(tmp_path / "pl")
     config = LabelConfig(min_confidence=0.0, per_class=8)
-    stats = pseudo_labels.label_shards(teacher, info, split, np.arange(40), [0, 1, 2], 3,
+    stats = pseudo_labels.label_shards(teacher, _unlabeled(info, split), [0, 1, 2], 3,
                                        config, out, {"run": 1})
     assert [s["images_in"] for s in stats] == [14, 13, 13]
     for s in stats:  # K=8 for the whole set: 3 per class and shard (rounded up)
@@ -129,11 +132,11 @@ def test_shards_round_trip_skip_and_name_missing_or_partial_ones(tmp_path, tiny_
     # a complete shard is skipped on a re-run, not rewritten
     record = os.path.join(out, "pseudo-00001-of-00003.tfrecord")
     before = os.stat(record).st_mtime_ns
-    pseudo_labels.label_shards(teacher, info, split, np.arange(40), [1], 3, config, out,
+    pseudo_labels.label_shards(teacher, _unlabeled(info, split), [1], 3, config, out,
                                {"run": 1})
     assert os.stat(record).st_mtime_ns == before
     with pytest.raises(ValueError, match="made with other settings"):
-        pseudo_labels.label_shards(teacher, info, split, np.arange(40), [1], 3, config,
+        pseudo_labels.label_shards(teacher, _unlabeled(info, split), [1], 3, config,
                                    out, {"run": 2})
 
     # partially written: the TFRecord is cut short, or its stats never came
@@ -157,9 +160,9 @@ def test_bad_teacher_or_unlabeled_set(tmp_path, tiny_config):
     split = _toy_split()
     other = data.DatasetInfo("toy", 4, 1, ("c0", "c1", "c2", "c3"))
     with pytest.raises(ValueError, match="predicts 5 classes but toy has 4"):
-        pseudo_labels.label_shards(teacher, other, split, np.arange(40), [0], 1,
+        pseudo_labels.label_shards(teacher, _unlabeled(other, split), [0], 1,
                                    LabelConfig(), str(tmp_path / "x"), {})
     with pytest.raises(ValueError, match="unlabeled set is empty"):
-        pseudo_labels.label_shards(teacher, info, split, np.arange(0), [0], 1,
-                                   LabelConfig(), str(tmp_path / "x"), {})
+        pseudo_labels.label_shards(teacher, data.StageData(info, split, labels_per_class=0),
+                                   [0], 1, LabelConfig(), str(tmp_path / "x"), {})
     assert not os.path.exists(tmp_path / "x") or not os.listdir(tmp_path / "x")

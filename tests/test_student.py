@@ -64,19 +64,19 @@ def test_student_trains_exports_and_warns_when_smaller(tmp_path, tiny_config, ca
     export.write_run(str(tmp_path / "teacher"), teacher, teacher_config, info,
                      {"parameters": teacher.count_params()})
     classifier = load_classifier(str(tmp_path / "teacher"))
-    _, unlabeled = data.split_labeled(splits["train"].labels, 4, 4, 0)
+    stage_data = data.StageData(info, splits["train"], splits["test"], labels_per_class=4,
+                                dataset="toy")
     config = pseudo_labels.LabelConfig(min_confidence=0.0)
     pseudo_labels.label_shards(
-        classifier, info, splits["train"], unlabeled, [0], 1, config,
-        str(tmp_path / "pl"), pseudo_labels.teacher_settings(
-            classifier, str(tmp_path / "teacher"), "toy", "train", 4, 0, config))
+        classifier, stage_data, [0], 1, config, str(tmp_path / "pl"),
+        pseudo_labels.teacher_settings(classifier, str(tmp_path / "teacher"), stage_data,
+                                       config))
     pl = pseudo_labels.load_pseudo_labels(str(tmp_path / "pl"))
     input_config = data.InputConfig(image_size=16, batch_size=4, randaugment_magnitude=5)
     with caplog.at_level(logging.WARNING):
         metrics = training.train_student(
-            str(tmp_path / "student"), info, splits["train"], splits["test"], pl,
-            tiny_config, input_config, training.TrainConfig(epochs=2), labels_per_class=4,
-            unlabeled_ratio=2)
+            str(tmp_path / "student"), stage_data, pl, tiny_config, input_config,
+            training.TrainConfig(epochs=2), unlabeled_ratio=2)
     assert "smaller than its teacher" in caplog.text
     assert metrics["stage"] == "student" and metrics["pseudo_labeled_examples"] == pl.records
     assert metrics["steps_per_epoch"] == pl.records // 8
@@ -86,7 +86,7 @@ def test_student_trains_exports_and_warns_when_smaller(tmp_path, tiny_config, ca
 
     with pytest.raises(data.DataError, match="pseudo-labels .* have 4 classes"):
         other = data.DatasetInfo("five", 5, 1, tuple("abcde"))
-        training.train_student(str(tmp_path / "s2"), other, splits["train"],
-                               splits["test"], pl, tiny_config, input_config,
-                               training.TrainConfig(epochs=1), 4)
+        training.train_student(str(tmp_path / "s2"),
+                               data.StageData(other, splits["train"], splits["test"], 4),
+                               pl, tiny_config, input_config, training.TrainConfig(epochs=1))
     assert not (tmp_path / "s2").exists()

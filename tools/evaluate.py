@@ -13,7 +13,6 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
-from nstudent.data import DataError  # noqa: E402
 
 cli.define_data_flags()
 flags.DEFINE_string("model", None, "Run folder, .keras file or SavedModel folder.",
@@ -39,7 +38,7 @@ def main(argv):
     del argv
     from nstudent import data, evaluation, export
 
-    try:
+    def stage():
         classifier = evaluation.load_classifier(FLAGS.model, prefer=FLAGS.prefer)
         info, splits = cli.load_dataset((FLAGS.split,))
         classifier.check_dataset(info)
@@ -49,21 +48,20 @@ def main(argv):
         if FLAGS.corruptions or FLAGS.fgsm_epsilons:
             return _robustness(classifier, info, splits[FLAGS.split], size)
         indices = evaluation.spread_subset(len(splits[FLAGS.split]), FLAGS.examples)
-        batches = data.eval_dataset(splits[FLAGS.split].dataset(indices), info.num_classes,
-                                    data.InputConfig(image_size=size,
-                                                     batch_size=FLAGS.batch_size))
+        batches = data.eval_dataset(
+            splits[FLAGS.split].dataset(indices), info.num_classes,
+            data.InputConfig.for_evaluation(size, FLAGS.batch_size, classifier.crop_fraction))
         metrics = evaluation.top_k_accuracy(classifier, batches, info.num_classes)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    metrics.update(model=os.path.abspath(classifier.path), format=classifier.kind,
-                   dataset=FLAGS.dataset, split=FLAGS.split, image_size=size)
-    print(f"{FLAGS.dataset}:{FLAGS.split} ({metrics['examples']} images, {size} px) "
-          f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  [{classifier.kind}]")
-    if FLAGS.output:
-        export.write_json(FLAGS.output, metrics)
-    logging.info("done")
-    return 0
+        metrics.update(model=os.path.abspath(classifier.path), format=classifier.kind,
+                       dataset=FLAGS.dataset, split=FLAGS.split, image_size=size)
+        print(f"{FLAGS.dataset}:{FLAGS.split} ({metrics['examples']} images, {size} px) "
+              f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
+              f"[{classifier.kind}]")
+        if FLAGS.output:
+            export.write_json(FLAGS.output, metrics)
+        logging.info("done")
+
+    return cli.run_stage(stage, validate=False)
 
 
 def _robustness(classifier, info, split, size):

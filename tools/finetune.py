@@ -26,23 +26,19 @@ def main(argv):
     from nstudent import export
     from nstudent.training.finetune import finetune, finetuned_dir
 
-    try:
+    def stage():
         if FLAGS.finetune_resolution <= 0:
             raise ValueError("Pass --finetune_resolution (pixels).")
         out = finetuned_dir(FLAGS.run, FLAGS.finetune_resolution)
         if export.is_finished(out) and not FLAGS.overwrite:
             logging.info("%s is already finished; pass --overwrite to redo it.", out)
-            return 0
+            return
         cli.setup_runtime()
-        info, splits = cli.load_dataset()
-        finetune(FLAGS.run, out, info, splits[FLAGS.train_split], splits[FLAGS.test_split],
-                 FLAGS.finetune_resolution, cli.input_config(FLAGS.finetune_resolution),
-                 cli.finetune_train_config(), FLAGS.freeze_blocks, FLAGS.labels_per_class,
-                 FLAGS.seed)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        finetune(FLAGS.run, out, cli.load_stage_data(), FLAGS.finetune_resolution,
+                 cli.input_config(FLAGS.finetune_resolution), cli.finetune_train_config(),
+                 FLAGS.freeze_blocks)
+
+    return cli.run_stage(stage)
 
 
 if __name__ == "__main__":

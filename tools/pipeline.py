@@ -85,6 +85,8 @@ def make_plan(info):
         teacher_train=teacher_train, student_train=student_train,
         label=cli.label_config(), dataset=FLAGS.dataset,
         labels_per_class=FLAGS.labels_per_class, seed=FLAGS.seed,
+        unlabeled_dataset=FLAGS.unlabeled_dataset or "",
+        init_weights=FLAGS.init_weights or "",
         unlabeled_ratio=FLAGS.unlabeled_ratio, pseudo_loss_weight=FLAGS.pseudo_loss_weight,
         init_from_teacher=FLAGS.init_from_teacher, num_shards=FLAGS.num_shards,
         finetune_resolution=FLAGS.finetune_resolution, finetune_all=FLAGS.finetune_all,
@@ -98,14 +100,16 @@ def main(argv):
     del argv
     from nstudent import pipeline
 
-    cli.setup_runtime()
-    try:
-        info, splits = cli.load_dataset()
-        rows = pipeline.run_pipeline(FLAGS.out, info, splits[FLAGS.train_split],
-                                     splits[FLAGS.test_split], make_plan(info))
-    except (ValueError, FileNotFoundError) as e:  # DataError and ShardError included
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rows = []
+
+    def stage():
+        cli.setup_runtime()
+        stage_data = cli.load_stage_data(unlabeled=True)
+        rows.extend(pipeline.run_pipeline(FLAGS.out, stage_data, make_plan(stage_data.info)))
+
+    code = cli.run_stage(stage)
+    if code:
+        return code
     plot = os.path.join(FLAGS.out, "accuracy.png")
     pipeline.plot_accuracy(rows, plot)
     print(pipeline.results_table(rows))

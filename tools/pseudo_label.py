@@ -3,10 +3,11 @@
   python tools/pseudo_label.py --flagfile=flags/fashion_mnist_teacher.cfg \\
       --teacher=runs/teacher --out=runs/pseudo_labels [--shard_index=3 --num_shards=8]
 
-The unlabeled images are the --train_split examples outside the labeled subset
-(--labels_per_class, --seed: use the teacher's values). Each shard writes
-<out>/pseudo-0000i-of-0000n.tfrecord (PNG image, soft label, confidence) and,
-last, its stats .json; complete shards are skipped on a re-run.
+The unlabeled images are --unlabeled_dataset, or else the --train_split examples
+outside the labeled subset (--labels_per_class, --seed: use the teacher's
+values). Each shard writes <out>/pseudo-0000i-of-0000n.tfrecord (encoded image,
+soft label, confidence) and, last, its stats .json; complete shards are skipped
+on a re-run.
 """
 
 import os
@@ -32,24 +33,26 @@ def main(argv):
     del argv
     from nstudent import pseudo_labels
 
-    cli.setup_runtime()
-    try:
+
+    def stage():
         if FLAGS.num_shards < 1:
             raise ValueError(f"--num_shards must be at least 1, got {FLAGS.num_shards}.")
         shards = (range(FLAGS.num_shards) if FLAGS.shard_index < 0
                   else [FLAGS.shard_index])
-        info, splits = cli.load_dataset([FLAGS.train_split])
+        cli.setup_runtime()
+        stage_data = cli.load_stage_data(test=False, unlabeled=True)
         stats = pseudo_labels.pseudo_label(
-            FLAGS.teacher, info, splits[FLAGS.train_split], FLAGS.dataset,
-            FLAGS.labels_per_class, FLAGS.seed, cli.label_config(), FLAGS.out, shards,
+            FLAGS.teacher, stage_data, cli.label_config(), FLAGS.out, shards,
             FLAGS.num_shards, overwrite=FLAGS.overwrite)
-    except (ValueError, FileNotFoundError) as e:  # DataError and ShardError included
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    written = sum(s["records"] for s in stats)
-    logging.info("%d pseudo-labeled images in %d shard(s) in %s", written, len(stats),
-                 FLAGS.out)
-    return 0
+        written = sum(s["records"] for s in stats)
+        skipped = stage_data.skipped_files()
+        if skipped:
+            logging.warning("Skipped %d unreadable images (first: %s).", len(skipped),
+                            ", ".join(skipped[:3]))
+        logging.info("%d pseudo-labeled images in %d shard(s) in %s", written, len(stats),
+                     FLAGS.out)
+
+    return cli.run_stage(stage)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
-from nstudent.data import DataError  # noqa: E402
 
 cli.define_shared_flags()
 flags.DEFINE_string("pseudo_labels", None, "Folder of pseudo-label shards "
@@ -35,24 +34,22 @@ def main(argv):
         logging.info("%s already holds a finished run (metrics.json); pass --overwrite "
                      "to train again.", FLAGS.out)
         return 0
-    cli.setup_runtime()
-    try:
-        info, splits = cli.load_dataset()
-        model_config = cli.model_config(info)
-        args = (FLAGS.out, info, splits[FLAGS.train_split], splits[FLAGS.test_split])
+
+    def stage():
+        cli.setup_runtime()
+        stage_data = cli.load_stage_data(unlabeled=True)
+        model_config = cli.model_config(stage_data.info)
         input_config = cli.input_config(model_config.resolved_image_size)
         if FLAGS.pseudo_labels:
             training.train_student(
-                *args, pseudo_labels.load_pseudo_labels(FLAGS.pseudo_labels), model_config,
-                input_config, cli.train_config(), FLAGS.labels_per_class, FLAGS.seed,
-                FLAGS.unlabeled_ratio, FLAGS.pseudo_loss_weight, FLAGS.init_from_teacher)
+                FLAGS.out, stage_data, pseudo_labels.load_pseudo_labels(FLAGS.pseudo_labels),
+                model_config, input_config, cli.train_config(), FLAGS.unlabeled_ratio,
+                FLAGS.pseudo_loss_weight, FLAGS.init_from_teacher, FLAGS.init_weights)
         else:
-            training.train_teacher(*args, model_config, input_config, cli.train_config(),
-                                   FLAGS.labels_per_class, FLAGS.seed)
-    except (DataError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+            training.train_teacher(FLAGS.out, stage_data, model_config, input_config,
+                                   cli.train_config(), FLAGS.init_weights)
+
+    return cli.run_stage(stage)
 
 
 if __name__ == "__main__":

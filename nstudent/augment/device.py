@@ -108,7 +108,7 @@ class DeviceNoise(keras.layers.Layer):
     """
 
     def __init__(self, num_ops=2, magnitude=9.0, random_flip=True, crop_padding=0,
-                 seed=None, **kwargs):
+                 seed=None, crop_scale=None, crop_ratio=(0.75, 4 / 3), **kwargs):
         super().__init__(**kwargs)
         if not 0 <= magnitude <= MAX_MAGNITUDE:
             raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
@@ -116,6 +116,9 @@ class DeviceNoise(keras.layers.Layer):
         self.magnitude = float(magnitude)
         self.random_flip = bool(random_flip)
         self.crop_padding = int(crop_padding)
+        # random resized crop (area fraction range) instead of the padded crop
+        self.crop_scale = None if crop_scale is None else tuple(float(v) for v in crop_scale)
+        self.crop_ratio = tuple(float(v) for v in crop_ratio)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True  # no weights: fit() need not call it on sample data to build it
@@ -169,7 +172,8 @@ class DeviceNoise(keras.layers.Layer):
             return images
         batch, height, width, _ = ops.shape(images)
         zero = ops.zeros((batch,), "float32")
-        warp = _translation(zero, zero)
+        warp = (_translation(zero, zero) if self.crop_scale is None
+                else self._resized_crop(batch, (width, height)))
         for _ in range(self.num_ops):
             drawn = keras.random.randint((batch,), 0, len(OPS), seed=self.seed_generator)
 
@@ -181,7 +185,7 @@ class DeviceNoise(keras.layers.Layer):
         if self.random_flip:
             flip = ops.where(self._uniform(batch) < 0.5, -1.0, 1.0)
             warp = ops.matmul(warp, _affine(flip, zero, zero, zero + 1))
-        if self.crop_padding > 0:
+        if self.crop_padding > 0 and self.crop_scale is None:
             p = self.crop_padding
             shift = [ops.floor(self._uniform(batch, -p, p + 1)) for _ in range(2)]
             warp = ops.matmul(warp, _translation(*shift))
@@ -194,19 +198,34 @@ class DeviceNoise(keras.layers.Layer):
         images = ops.image.affine_transform(images, transform, fill_mode="reflect")
         return ops.clip(images, 0.0, 255.0)
 
+    def _resized_crop(self, batch, size):
+        """Inception crop as a warp: a window of random area and aspect ratio, at a random
+        place inside the image, stretched over the output."""
+        area = self._uniform(batch, *self.crop_scale)
+        ratio = ops.exp(self._uniform(batch, *(math.log(r) for r in self.crop_ratio)))
+        w = ops.minimum(ops.sqrt(area * ratio), 1.0)  # window side / image side
+        h = ops.minimum(ops.sqrt(area / ratio), 1.0)
+        cx = (self._uniform(batch) - 0.5) * (1.0 - w) * size[0]
+        cy = (self._uniform(batch) - 0.5) * (1.0 - h) * size[1]
+        zero = ops.zeros_like(w)
+        return ops.matmul(_translation(cx, cy), _affine(w, zero, zero, h))
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "num_ops": self.num_ops,
                 "magnitude": self.magnitude, "random_flip": self.random_flip,
-                "crop_padding": self.crop_padding, "seed": self.seed}
+                "crop_padding": self.crop_padding, "seed": self.seed,
+                "crop_scale": self.crop_scale, "crop_ratio": self.crop_ratio}
 
 
 def device_noise(config, seed=None):
     """The DeviceNoise an InputConfig asks for, or None when noise is made on the host."""
     if config.randaugment_impl != "device":
         return None
+    resized = config.crop == "random_resized"
     return DeviceNoise(config.randaugment_layers, config.randaugment_magnitude,
                        config.random_flip, config.crop_padding, seed=seed,
-                       name="device_noise")
+                       crop_scale=config.crop_scale if resized else None,
+                       crop_ratio=config.crop_ratio, name="device_noise")

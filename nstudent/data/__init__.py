@@ -3,9 +3,12 @@
 from nstudent import lazy
 
 _HOMES = {
-    "InputConfig": "config",
-    "eval_dataset": "pipeline", "resize": "pipeline", "train_dataset": "pipeline",
+    "CACHES": "config", "CROPS": "config", "InputConfig": "config",
+    "clean_batches": "pipeline", "eval_dataset": "pipeline", "preprocess_eval": "pipeline", "resize": "pipeline",
+    "train_dataset": "pipeline",
     "DataError": "sources", "DatasetInfo": "sources", "Split": "sources", "load": "sources",
+    "load_unlabeled": "sources", "UNLABELED": "sources",
+    "StageData": "stage",
     "split_labeled": "subsets",
 }
 __all__ = sorted(_HOMES)

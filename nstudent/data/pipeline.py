@@ -4,25 +4,90 @@ Images stay uint8 until augmentation (a small cache, a cheap host transfer);
 batches are float32 pixels in [0, 255] with one-hot (or soft) float32 labels,
 so labeled and pseudo-labeled data look the same to the loss. With RandAugment
 on the device, training batches stay uint8: the model adds all the noise.
+
+Two crops: `pad` resizes every image to a square, then reflect-pads and crops
+back (small images); `random_resized` is the Inception crop used for photos
+(a random area and aspect ratio, resized to the training resolution), and
+evaluation then resizes the shorter side and keeps the central fraction: the
+train/test object-size discrepancy that fine-tuning at a higher resolution fixes.
 """
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import tensorflow as tf
+from absl import logging
 
 from nstudent.augment import make_randaugment
 
 AUTOTUNE = tf.data.AUTOTUNE
+MEMORY_CACHE_BUDGET = 0.25  # cache=auto: at most this fraction of RAM
+RANDOM_RESIZED_KEEP = 2  # random_resized caches images with sides up to 2x the resolution
+
+
+def _to_uint8(image):
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def resize(image, size):
     """Resizes uint8 images ([H, W, C] or [B, H, W, C]) to size x size unless they are."""
     if image.shape[-3] == size and image.shape[-2] == size:
         return image
-    image = tf.image.resize(image, (size, size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return _to_uint8(tf.image.resize(image, (size, size), antialias=True))
 
 
-def _crop_and_flip(image, config):
-    if config.crop_padding > 0:
+def resize_shorter(image, side):
+    """uint8 [H, W, C]: the shorter side to `side`, aspect ratio kept."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.cast(side, tf.float32) / tf.reduce_min(shape)
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    return _to_uint8(tf.image.resize(image, new, antialias=True))
+
+
+def center_crop(image, size, fraction):
+    """Resize the shorter side to size / fraction, keep the central size x size."""
+    image = resize_shorter(image, int(round(size / fraction)))
+    shape = tf.shape(image)
+    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+    return tf.ensure_shape(image[top:top + size, left:left + size], [size, size, None])
+
+
+def preprocess_eval(image, size, crop_fraction=0.0):
+    """Evaluation and pseudo-labeling: a square resize, or a centre crop (fraction > 0)."""
+    if crop_fraction:
+        if image.shape.rank == 4:
+            return tf.map_fn(lambda x: center_crop(x, size, crop_fraction), image)
+        return center_crop(image, size, crop_fraction)
+    return resize(image, size)
+
+
+def random_resized_crop(image, config, seed=None):
+    """Inception-style crop: area in config.crop_scale, aspect in config.crop_ratio."""
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
+        min_object_covered=0.0, aspect_ratio_range=config.crop_ratio,
+        area_range=config.crop_scale, max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    crop = tf.slice(image, begin, crop_size)
+    return resize(tf.ensure_shape(crop, [None, None, image.shape[-1]]), config.image_size)
+
+
+def _prepared(image, config):
+    """What the cache holds: pad, a square at the resolution; random_resized, the
+    image with its shorter side at most RANDOM_RESIZED_KEEP x the resolution."""
+    if config.crop == "pad" or config.randaugment_impl == "device":
+        return resize(image, config.image_size)
+    limit = RANDOM_RESIZED_KEEP * config.image_size
+    shorter = tf.reduce_min(tf.shape(image)[:2])
+    return tf.cond(shorter > limit, lambda: resize_shorter(image, limit), lambda: image)
+
+
+def _crop_and_flip(image, config, seed=None):
+    if config.crop == "random_resized":
+        image = random_resized_crop(image, config, seed)
+    elif config.crop_padding > 0:
         p = config.crop_padding
         padded = tf.pad(image, [[p, p], [p, p], [0, 0]], mode="REFLECT")
         image = tf.image.random_crop(padded, tf.shape(image))
@@ -42,12 +107,62 @@ def _one_hot(num_classes):
     return fn
 
 
-def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat=True):
-    """Shuffled, repeated, noisy batches from (uint8 image, int or soft label) examples."""
-    size = config.image_size
-    ds = examples.map(lambda x, y: (resize(x, size), y), num_parallel_calls=AUTOTUNE)
-    if config.cache:
-        ds = ds.cache()
+def cache_bytes_per_image(config, channels):
+    side = config.image_size * (RANDOM_RESIZED_KEEP if config.crop == "random_resized"
+                                and config.randaugment_impl != "device" else 1)
+    return side * side * channels
+
+
+def memory_budget():
+    return MEMORY_CACHE_BUDGET * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def resolve_cache(config, num_examples, channels):
+    """auto -> memory when the prepared set fits MEMORY_CACHE_BUDGET of RAM, else none."""
+    if config.cache != "auto":
+        return config.cache
+    if num_examples is None:
+        return "none"
+    need = num_examples * cache_bytes_per_image(config, channels)
+    return "memory" if need <= memory_budget() else "none"
+
+
+_cache_dirs = []
+
+
+def _disk_cache_file():
+    if not _cache_dirs:
+        _cache_dirs.append(tempfile.mkdtemp(prefix="nstudent-cache-"))
+        atexit.register(shutil.rmtree, _cache_dirs[0], True)
+    return tempfile.mktemp(dir=_cache_dirs[0])
+
+
+def _cache(ds, config, num_examples, channels):
+    mode = resolve_cache(config, num_examples, channels)
+    if mode != "none":
+        logging.info("Caching %s prepared images in %s.", num_examples or "the", mode)
+    if mode == "memory":
+        return ds.cache()
+    if mode == "disk":
+        return ds.cache(_disk_cache_file())
+    return ds
+
+
+def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat=True,
+                  num_examples=None):
+    """Shuffled, repeated, noisy batches from (uint8 image, int or soft label) examples.
+
+    `augment=False` gives clean batches: the evaluation preprocessing, shuffled.
+    `num_examples` lets cache=auto decide whether the prepared set fits in memory.
+    """
+    channels = examples.element_spec[0].shape[-1]
+    if augment:
+        ds = examples.map(lambda x, y: (_prepared(x, config), y), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = examples.map(lambda x, y: (preprocess_eval(x, config.image_size,
+                                                        config.eval_crop_fraction), y),
+                          num_parallel_calls=AUTOTUNE)
+    ds = _cache(ds, config, num_examples, channels)
     ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
@@ -59,7 +174,7 @@ def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat
             config.randaugment_impl, seed)
 
         def noise(image, label):
-            image = _crop_and_flip(image, config)
+            image = _crop_and_flip(image, config, seed)
             return randaugment(tf.cast(image, tf.float32)), label
 
         ds = ds.map(noise, num_parallel_calls=AUTOTUNE, deterministic=False)
@@ -69,10 +184,20 @@ def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat
     return ds.map(_one_hot(num_classes), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
+def clean_batches(images, config, seed=None):
+    """Shuffled float32 batches of images (no labels) with evaluation preprocessing:
+    what batch-norm statistics are recomputed on."""
+    size, fraction = config.image_size, config.eval_crop_fraction
+    ds = images.map(lambda x: tf.cast(preprocess_eval(x, size, fraction), tf.float32),
+                    num_parallel_calls=AUTOTUNE)
+    ds = ds.shuffle(config.shuffle_buffer, seed=seed)
+    return ds.batch(config.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
 def eval_dataset(examples, num_classes, config):
-    """Fixed preprocessing: resize only, in order, every example kept."""
-    size = config.image_size
-    ds = examples.map(lambda x, y: (tf.cast(resize(x, size), tf.float32), y),
-                      num_parallel_calls=AUTOTUNE)
+    """Fixed preprocessing (resize, or centre crop for random_resized), in order."""
+    size, fraction = config.image_size, config.eval_crop_fraction
+    ds = examples.map(lambda x, y: (tf.cast(preprocess_eval(x, size, fraction), tf.float32),
+                                    y), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(config.batch_size)
     return ds.map(_one_hot(num_classes), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

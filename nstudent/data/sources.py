@@ -1,9 +1,11 @@
-"""Where images come from: the embedded default, TFDS, an image folder, TFRecords.
+"""Where images come from: the embedded default, TFDS, an image folder, TFRecords, and
+a separate collection of unlabeled images in any of these forms.
 
-Every source gives, per split, an ordered tf.data.Dataset of (uint8 image
-[H, W, C], int64 label) and all its labels as a numpy array, so that a labeled
-subset can be chosen without decoding images. Bad input fails here, once, with
-a message that names the problem.
+Every source gives, per split, a `Split`: all its labels as a numpy array (-1 where
+a source has none) and a way to stream the examples at chosen indices, choosing
+before decoding, so a labeled subset or a pseudo-label shard never decodes the
+rest. Folders are indexed (paths and classes), not decoded, at start. Bad input
+fails here, once, with a message that names the problem.
 """
 
 import concurrent.futures
@@ -19,12 +21,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from nstudent.data.decode import (IMAGE_EXTENSIONS, CorruptLog, decode, decode_file,
+                                  scan)
+
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DATASET_INFO_FILE = "dataset_info.json"
+UNLABELED = -1  # the label of an example whose source has none
+AUTOTUNE = tf.data.AUTOTUNE
 
 
 class DataError(ValueError):
@@ -33,25 +39,52 @@ class DataError(ValueError):
 
 @dataclasses.dataclass
 class Split:
-    """One split of a dataset, in a fixed order."""
+    """One split of a source, in a fixed order.
+
+    `read(indices)` streams (payload, index) for sorted indices without decoding;
+    `decode(payload)` -> (uint8 image [H, W, C], ok). `to_bytes(payload)` gives the
+    source's encoded bytes where it has them (None: decoded pixels only).
+    """
 
     name: str
-    labels: np.ndarray  # int64 [N]
-    make_dataset: Callable[[], tf.data.Dataset]  # -> (uint8 HWC image, int64 label)
+    labels: np.ndarray  # int64 [N]; UNLABELED where the source has no label
+    read: Callable
+    decode: Callable
+    to_bytes: Optional[Callable] = None
+    corrupt: Optional[CorruptLog] = None  # files skipped while streaming
+    source: str = ""
 
     def __len__(self):
         return len(self.labels)
 
-    def dataset(self, indices=None):
-        """The split's examples, or only those at `indices` (in split order)."""
-        ds = self.make_dataset()
-        if indices is None:
-            return ds
-        mask = np.zeros(len(self), bool)
-        mask[np.asarray(indices, np.int64)] = True
-        mask = tf.constant(mask)
-        return ds.enumerate().filter(lambda i, ex: tf.gather(mask, i)).map(
-            lambda i, ex: ex)
+    @property
+    def has_labels(self):
+        return bool(len(self.labels)) and bool(np.all(self.labels >= 0))
+
+    def dataset(self, indices=None, with_index=False, encoded=False):
+        """(uint8 image, int64 label[, int64 index]) at `indices` (all: None), in split
+        order; unreadable files skipped when the source was opened to skip them.
+        `encoded`: the source's encoded bytes instead of the decoded image."""
+        indices = (np.arange(len(self), dtype=np.int64) if indices is None
+                   else np.sort(np.asarray(indices, np.int64)))
+        labels = tf.constant(self.labels, tf.int64)
+
+        def decode(payload, index):
+            image, ok = self.decode(payload)
+            if encoded:
+                image = self.to_bytes(payload)
+            return image, ok, index
+
+        ds = self.read(indices).map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.filter(lambda image, ok, index: ok)
+        if self.corrupt is None:  # nothing is skipped: the length is known (Keras uses it)
+            ds = ds.apply(tf.data.experimental.assert_cardinality(len(indices)))
+        if with_index:
+            return ds.map(lambda image, ok, i: (image, tf.gather(labels, i), i))
+        return ds.map(lambda image, ok, i: (image, tf.gather(labels, i)))
+
+    def skipped_files(self):
+        return self.corrupt.paths if self.corrupt else []
 
 
 @dataclasses.dataclass
@@ -77,6 +110,22 @@ def check_labels(labels, num_classes, where):
             f"range [0, {num_classes}) ({bad.size} such labels).")
 
 
+def _mask_filter(ds, indices, total):
+    """Keeps the elements of an ordered stream at `indices` (sorted), as (x, index)."""
+    ds = ds.enumerate()
+    if len(indices) != total:
+        mask = np.zeros(total, bool)
+        mask[indices] = True
+        mask = tf.constant(mask)
+        ds = ds.filter(lambda i, x: tf.gather(mask, i))
+    return ds.map(lambda i, x: (x, i))
+
+
+def _decoder(channels):
+    """Encoded bytes stored in records -> (image, ok); converted to `channels`."""
+    return lambda contents: (decode(contents, channels), tf.constant(True))
+
+
 # --- The embedded default: Fashion-MNIST from Debian's dataset-fashion-mnist ---
 
 def _read_idx(path):
@@ -93,10 +142,12 @@ def _read_idx(path):
     return array.reshape(dims)
 
 
-def _in_memory_split(name, images, labels):
-    labels = labels.astype(np.int64)
+def in_memory_split(name, images, labels):
+    """A split held as a uint8 array [N, H, W, C]; selection indexes the array."""
+    labels = np.asarray(labels).astype(np.int64)
     return Split(name, labels,
-                 lambda: tf.data.Dataset.from_tensor_slices((images, labels)))
+                 read=lambda idx: tf.data.Dataset.from_tensor_slices((images[idx], idx)),
+                 decode=lambda image: (image, tf.constant(True)), source="memory")
 
 
 def fashion_mnist(split_names, directory=DEBIAN_FASHION_MNIST, tfds_data_dir=None):
@@ -109,7 +160,7 @@ def fashion_mnist(split_names, directory=DEBIAN_FASHION_MNIST, tfds_data_dir=Non
                 raise DataError(f"Fashion-MNIST has splits train and test, not {split!r}.")
             images = _read_idx(os.path.join(directory, f"{prefixes[split]}-images-idx3-ubyte.gz"))
             labels = _read_idx(os.path.join(directory, f"{prefixes[split]}-labels-idx1-ubyte.gz"))
-            splits[split] = _in_memory_split(split, images[..., None], labels)
+            splits[split] = in_memory_split(split, images[..., None], labels)
         info = DatasetInfo("fashion_mnist", 10, 1, FASHION_MNIST_CLASSES, 28)
         return info, splits
     logging.info("%s not found; trying a prepared TFDS fashion_mnist.", directory)
@@ -125,7 +176,7 @@ def fashion_mnist(split_names, directory=DEBIAN_FASHION_MNIST, tfds_data_dir=Non
 
 # --- TFDS ---
 
-def tfds_dataset(name, split_names, data_dir=None, download=False):
+def _tfds_builder(name, data_dir, download):
     import tensorflow_datasets as tfds  # slow import: only when asked for
 
     try:
@@ -140,9 +191,39 @@ def tfds_dataset(name, split_names, data_dir=None, download=False):
                 "--tfds_download to download it (needs network) or --tfds_data_dir "
                 "to point at a prepared copy.")
         builder.download_and_prepare()
+    if "image" not in builder.info.features:
+        raise DataError(f"TFDS dataset {name!r} has no 'image' feature.")
+    return builder
+
+
+def _tfds_split(builder, split, channels, labels):
+    import tensorflow_datasets as tfds
+
+    if split not in builder.info.splits:
+        raise DataError(f"TFDS dataset {builder.name!r} has no split {split!r}; it has "
+                        f"{', '.join(builder.info.splits)}.")
+
+    def records():
+        return builder.as_dataset(split=split, shuffle_files=False,
+                                  decoders={"image": tfds.decode.SkipDecoding()})
+
+    if labels is None:  # an unlabeled source: the count only
+        labels = np.full(builder.info.splits[split].num_examples, UNLABELED, np.int64)
+    total = len(labels)
+    return Split(split, labels,
+                 read=lambda idx: _mask_filter(records(), idx, total).map(
+                     lambda ex, i: (ex["image"], i)),
+                 decode=_decoder(channels), to_bytes=lambda b: b,
+                 source=f"tfds:{builder.name}:{split}")
+
+
+def tfds_dataset(name, split_names, data_dir=None, download=False):
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(name, data_dir, download)
     features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise DataError(f"TFDS dataset {name!r} has no 'image' and 'label' features.")
+    if "label" not in features:
+        raise DataError(f"TFDS dataset {name!r} has no 'label' feature.")
     num_classes = features["label"].num_classes
     channels = features["image"].shape[-1] or 3
     shape = features["image"].shape
@@ -152,48 +233,76 @@ def tfds_dataset(name, split_names, data_dir=None, download=False):
         if split not in builder.info.splits:
             raise DataError(f"TFDS dataset {name!r} has no split {split!r}; it has "
                             f"{', '.join(builder.info.splits)}.")
-        label_ds = builder.as_dataset(
+        label_ds = builder.as_dataset(  # labels only, read once
             split=split, shuffle_files=False,
             decoders={"image": tfds.decode.SkipDecoding()})
         labels = np.fromiter(label_ds.map(lambda ex: ex["label"]).as_numpy_iterator(),
                              np.int64)
         check_labels(labels, num_classes, f"TFDS {name}:{split}")
-
-        def make(split=split):
-            ds = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True)
-            return ds.map(lambda x, y: (x, tf.cast(y, tf.int64)))
-
-        splits[split] = Split(split, labels, make)
+        splits[split] = _tfds_split(builder, split, channels, labels)
     info = DatasetInfo(name, num_classes, channels, tuple(features["label"].names), native)
     return info, splits
 
 
-# --- Image folders: <root>/<split>/<class>/<image> ---
+# --- Image folders: <root>/<split>/<class>/<image>, indexed not decoded ---
 
-def _decode(contents, channels):
-    image = tf.io.decode_image(contents, channels=0, expand_animations=False)
-    tf.debugging.assert_equal(
-        tf.shape(image)[-1], channels,
-        message=f"an image does not have the expected {channels} channels")
-    return tf.ensure_shape(image, [None, None, channels])  # static channels for augmenting
-
-
-def _scan_image(path):
-    """Decodes one file; returns (height, width, channels) or an error string."""
-    try:
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-        return tuple(int(d) for d in image.shape), None
-    except (tf.errors.OpError, ValueError) as e:
-        return None, str(e).splitlines()[0][:200]
+def list_images(directory):
+    """Image files under `directory` (recursive, sorted) and the other files found."""
+    images, others = [], []
+    for parent, dirs, files in os.walk(directory):
+        dirs.sort()
+        for f in sorted(files):
+            if f.startswith("."):
+                continue  # .DS_Store and friends
+            path = os.path.join(parent, f)
+            (images if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    return images, others
 
 
-def image_folder(root, split_names, channels=3, skip_corrupt=False):
-    """Decodes every image once up front, so that a bad file is named now."""
+def _report_others(others, where):
+    if others:
+        exts = sorted({os.path.splitext(p)[1].lower() or "(none)" for p in others})
+        logging.warning("%s: %d files with other extensions than %s were not read "
+                        "(extensions %s; first: %s).", where, len(others),
+                        ", ".join(IMAGE_EXTENSIONS), ", ".join(exts[:8]), others[0])
+
+
+def _verify(paths, channels, skip_corrupt, where):
+    """--verify_images: decodes every file now; returns the readable ones' positions."""
+    logging.info("Verifying %d images in %s ...", len(paths), where)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: scan(p, channels), paths))
+    corrupt = [(p, err) for p, (_, err) in zip(paths, results) if err]
+    if corrupt and not skip_corrupt:
+        p, err = corrupt[0]
+        raise DataError(f"{p} is not a readable image ({err}); {len(corrupt)} such "
+                        f"files in {where}. Pass --skip_corrupt_images to skip them.")
+    if corrupt:
+        logging.warning("Skipping %d corrupt images in %s (first: %s).", len(corrupt),
+                        where, corrupt[0][0])
+    return [i for i, (_, err) in enumerate(results) if not err]
+
+
+def folder_split(name, paths, labels, channels, skip_corrupt=False, verify=False,
+                 where=""):
+    """A split of image files; decoded while streaming, or all now with `verify`."""
+    if verify:
+        keep = _verify(paths, channels, skip_corrupt, where)
+        paths, labels = [paths[i] for i in keep], np.asarray(labels)[keep]
+    paths = np.asarray(paths, dtype=object).astype(bytes)
+    log = CorruptLog() if skip_corrupt else None
+    return Split(name, np.asarray(labels, np.int64),
+                 read=lambda idx: tf.data.Dataset.from_tensor_slices((paths[idx], idx)),
+                 decode=lambda path: decode_file(path, channels, log),
+                 to_bytes=tf.io.read_file, corrupt=log, source=f"folder:{where}")
+
+
+def image_folder(root, split_names, channels=3, skip_corrupt=False, verify=False):
+    """Indexes root/<split>/<class>/ (images in any subfolder of a class folder)."""
     if not os.path.isdir(root):
         raise DataError(f"Image folder {root!r} does not exist.")
     class_names = None
     splits = {}
-    sizes = set()
     for split in split_names:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
@@ -210,54 +319,53 @@ def image_folder(root, split_names, channels=3, skip_corrupt=False):
             raise DataError(
                 f"{split_dir} has classes that {split_names[0]!r} does not: "
                 f"{unknown or 'missing ' + str(sorted(set(class_names) - set(names)))}.")
-        paths, labels = [], []
+        paths, labels, others = [], [], []
         for label, name in enumerate(class_names):
-            for f in sorted(os.listdir(os.path.join(split_dir, name))):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(split_dir, name, f))
-                    labels.append(label)
+            found, other = list_images(os.path.join(split_dir, name))
+            paths += found
+            labels += [label] * len(found)
+            others += other
+        _report_others(others, split_dir)
         if not paths:
             raise DataError(f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
-        logging.info("Checking %d images in %s ...", len(paths), split_dir)
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(_scan_image, paths))
-        corrupt = [(p, err) for p, (shape, err) in zip(paths, results) if err]
-        wrong = [(p, shape[-1]) for p, (shape, err) in zip(paths, results)
-                 if shape and shape[-1] != channels]
-        if wrong:
-            p, c = wrong[0]
-            raise DataError(f"{p} has {c} channels, expected {channels} "
-                            f"({len(wrong)} such images in {split_dir}; set --channels).")
-        if corrupt and not skip_corrupt:
-            p, err = corrupt[0]
-            raise DataError(f"{p} is not a readable image ({err}); {len(corrupt)} such "
-                            f"files in {split_dir}. Pass --skip_corrupt_images to skip them.")
-        if corrupt:
-            logging.warning("Skipping %d corrupt images in %s (first: %s).",
-                            len(corrupt), split_dir, corrupt[0][0])
-        keep = [i for i, (shape, err) in enumerate(results) if not err]
-        sizes.update(results[i][0][:2] for i in keep)
-        split_paths = [paths[i] for i in keep]
-        split_labels = np.asarray([labels[i] for i in keep], np.int64)
-
-        def make(split_paths=split_paths, split_labels=split_labels):
-            ds = tf.data.Dataset.from_tensor_slices((split_paths, split_labels))
-            return ds.map(lambda p, y: (_decode(tf.io.read_file(p), channels), y),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-        splits[split] = Split(split, split_labels, make)
-    native = next(iter(sizes))[0] if len(sizes) == 1 and len(set(next(iter(sizes)))) == 1 else None
+        logging.info("%s: %d images in %d classes (decoded while streaming).", split_dir,
+                     len(paths), len(class_names))
+        splits[split] = folder_split(split, paths, labels, channels, skip_corrupt, verify,
+                                     split_dir)
     info = DatasetInfo(os.path.basename(os.path.normpath(root)), len(class_names),
-                       channels, class_names, native)
+                       channels, class_names)
     return info, splits
 
 
 # --- TFRecords: <dir>/<split>*.tfrecord* with 'image' (encoded) and 'label' ---
 
-TFRECORD_FEATURES = {
-    "image": tf.io.FixedLenFeature([], tf.string),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-}
+IMAGE_FEATURE = {"image": tf.io.FixedLenFeature([], tf.string)}
+LABEL_FEATURE = {"label": tf.io.FixedLenFeature([], tf.int64)}
+
+
+def _first_example_keys(files):
+    for record in tf.data.TFRecordDataset(files[:1]).take(1):
+        return set(tf.train.Example.FromString(record.numpy()).features.feature)
+    return set()
+
+
+def _tfrecord_split(name, files, channels, labels):
+    total = len(labels)
+
+    def read(idx):
+        ds = _mask_filter(tf.data.TFRecordDataset(files), idx, total)
+        return ds.map(lambda r, i: (tf.io.parse_single_example(r, IMAGE_FEATURE)["image"], i))
+
+    return Split(name, labels, read=read, decode=_decoder(channels), to_bytes=lambda b: b,
+                 source=f"tfrecord:{files[0]}")
+
+
+def _read_records(files, what):
+    try:
+        return what()
+    except tf.errors.OpError as e:
+        raise DataError(f"Cannot read TFRecords {files[0]}...: "
+                        f"{str(e).splitlines()[0][:200]}") from None
 
 
 def tfrecords(directory, split_names, channels=3, num_classes=0):
@@ -275,22 +383,12 @@ def tfrecords(directory, split_names, channels=3, num_classes=0):
         files = sorted(glob.glob(os.path.join(directory, f"{split}*.tfrecord*")))
         if not files:
             raise DataError(f"No {split}*.tfrecord* files in {directory}.")
-
-        def make(files=files):
-            ds = tf.data.TFRecordDataset(files)
-            ds = ds.map(lambda r: tf.io.parse_single_example(r, TFRECORD_FEATURES))
-            return ds.map(lambda ex: (_decode(ex["image"], channels), ex["label"]))
-
-        try:
-            labels = np.fromiter(
-                tf.data.TFRecordDataset(files).map(
-                    lambda r: tf.io.parse_single_example(r, TFRECORD_FEATURES)["label"]
-                ).as_numpy_iterator(), np.int64)
-        except tf.errors.OpError as e:
-            raise DataError(f"Cannot read TFRecords {files[0]}...: "
-                            f"{str(e).splitlines()[0][:200]}") from None
+        labels = _read_records(files, lambda: np.fromiter(  # labels only, read once
+            tf.data.TFRecordDataset(files).map(
+                lambda r: tf.io.parse_single_example(r, LABEL_FEATURE)["label"]
+            ).as_numpy_iterator(), np.int64))
         all_labels.append(labels)
-        splits[split] = Split(split, labels, make)
+        splits[split] = _tfrecord_split(split, files, channels, labels)
     num_classes = num_classes or meta.get("num_classes") or int(
         max(l.max() for l in all_labels if l.size) + 1)
     for split, labels in zip(split_names, all_labels):
@@ -301,8 +399,8 @@ def tfrecords(directory, split_names, channels=3, num_classes=0):
 
 
 def load(spec, split_names=("train", "test"), *, channels=3, num_classes=0,
-         tfds_data_dir=None, tfds_download=False, skip_corrupt=False):
-    """Opens a dataset named by `spec`.
+         tfds_data_dir=None, tfds_download=False, skip_corrupt=False, verify=False):
+    """Opens a labeled dataset named by `spec`.
 
     fashion_mnist        the embedded default (Debian's files, else a prepared TFDS copy)
     tfds:NAME            any TFDS image classification dataset
@@ -315,8 +413,63 @@ def load(spec, split_names=("train", "test"), *, channels=3, num_classes=0,
     if kind == "tfds" and arg:
         return tfds_dataset(arg, split_names, tfds_data_dir, tfds_download)
     if kind == "folder" and arg:
-        return image_folder(arg, split_names, channels, skip_corrupt)
+        return image_folder(arg, split_names, channels, skip_corrupt, verify)
     if kind == "tfrecord" and arg:
         return tfrecords(arg, split_names, channels, num_classes)
     raise DataError(f"Unknown dataset {spec!r}: use fashion_mnist, tfds:NAME, "
                     "folder:PATH or tfrecord:PATH.")
+
+
+# --- A separate collection of unlabeled images ---
+
+UNLABELED_TFDS_SPLITS = ("unlabelled", "unlabeled")
+
+
+def load_unlabeled(spec, channels, *, tfds_data_dir=None, tfds_download=False,
+                   skip_corrupt=False, verify=False):
+    """Opens --unlabeled_dataset as one Split of UNLABELED examples, decoded to
+    `channels` (the labeled data's) whatever the files hold.
+
+    folder:PATH          every image under PATH (subfolders are not labels)
+    tfds:NAME[:SPLIT]    a TFDS split (default: its unlabelled split, else train)
+    tfrecord:PATH        PATH/*.tfrecord* (or a glob) with an encoded 'image'
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "folder" and arg:
+        if not os.path.isdir(arg):
+            raise DataError(f"Unlabeled image folder {arg!r} does not exist.")
+        paths, others = list_images(arg)
+        _report_others(others, arg)
+        if not paths:
+            raise DataError(f"Unlabeled image folder {arg!r} holds no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}).")
+        logging.info("%s: %d unlabeled images (decoded while streaming).", arg, len(paths))
+        return folder_split("unlabeled", paths, np.full(len(paths), UNLABELED, np.int64),
+                            channels, skip_corrupt, verify, arg)
+    if kind == "tfds" and arg:
+        name, _, split = arg.partition(":")
+        builder = _tfds_builder(name, tfds_data_dir, tfds_download)
+        if not split:
+            split = next((s for s in UNLABELED_TFDS_SPLITS if s in builder.info.splits),
+                         "train")
+        split_obj = _tfds_split(builder, split, channels, None)
+        if not len(split_obj):
+            raise DataError(f"TFDS {name}:{split} holds no images.")
+        return split_obj
+    if kind == "tfrecord" and arg:
+        pattern = (os.path.join(arg, "*.tfrecord*") if os.path.isdir(arg) else arg)
+        files = sorted(glob.glob(pattern))
+        if not files:
+            raise DataError(f"No TFRecord files at {pattern!r} for --unlabeled_dataset.")
+        keys = _read_records(files, lambda: _first_example_keys(files))
+        if "image" not in keys:
+            raise DataError(f"{files[0]}: the records have no 'image' feature (they have "
+                            f"{', '.join(sorted(keys)) or 'none'}).")
+        count = _read_records(files, lambda: int(
+            tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1)))
+        if not count:
+            raise DataError(f"The TFRecords at {pattern!r} hold no records.")
+        return _tfrecord_split("unlabeled", files, channels,
+                               np.full(count, UNLABELED, np.int64))
+    raise DataError(f"Unknown --unlabeled_dataset {spec!r}: use folder:PATH, "
+                    "tfds:NAME[:SPLIT] or tfrecord:PATH.")

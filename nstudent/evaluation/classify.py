@@ -37,6 +37,11 @@ class Classifier:
     def image_size(self):
         return self.info["image_size"] if self.info else self.input_size
 
+    @property
+    def crop_fraction(self):
+        """0: images are resized to a square; else the central fraction kept."""
+        return (self.info or {}).get("eval_crop_fraction", 0.0)
+
     def check_dataset(self, dataset_info):
         """Stops before inference when the data cannot be what the model was trained on."""
         if dataset_info.channels != self.channels:

@@ -130,7 +130,7 @@ def robustness_report(classifier, split, info, image_size, batch_size=256,
         raise ValueError(f"Unknown corruption(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(CORRUPTIONS)}.")
     indices = spread_subset(len(split), examples)
-    config = InputConfig(image_size=image_size, batch_size=batch_size)
+    config = InputConfig.for_evaluation(image_size, batch_size, classifier.crop_fraction)
 
     def batches(ds):
         return eval_dataset(ds, info.num_classes, config)

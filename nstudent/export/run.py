@@ -16,12 +16,13 @@ def is_finished(out_dir):
     return os.path.exists(os.path.join(out_dir, METRICS))
 
 
-def write_run(out_dir, model, model_config, dataset_info, metrics):
+def write_run(out_dir, model, model_config, dataset_info, metrics, crop_fraction=0.0):
+    """`crop_fraction`: the evaluation preprocessing (0: square resize; else centre crop)."""
     image_size = model_config.resolved_image_size
     write_json(os.path.join(out_dir, "model_info.json"), {
         "model": model_config.to_dict(), "image_size": image_size,
-        "dataset": dataset_info.to_dict()})
+        "eval_crop_fraction": crop_fraction, "dataset": dataset_info.to_dict()})
     save_keras(model, os.path.join(out_dir, "model.keras"))
     export_saved_model(model, os.path.join(out_dir, "saved_model"), image_size,
-                       model_config.channels)
+                       model_config.channels, crop_fraction)
     write_json(os.path.join(out_dir, METRICS), metrics)

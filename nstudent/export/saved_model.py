@@ -1,7 +1,8 @@
 """Exports: a `.keras` file and a TF Serving SavedModel on raw uint8 images.
 
 The SavedModel's `serving_default` takes uint8 images [batch, H, W, C] of any
-H and W, resizes them to the training resolution and returns `probabilities`
+H and W, brings them to the training resolution as evaluation does (a square
+resize, or the shorter side and a centre crop) and returns `probabilities`
 (float32 [batch, classes]) and `classes` (int64 [batch]). The Keras part of
 the graph comes from Keras' ExportArchive, so the same code exports under the
 TensorFlow and the JAX backend (through jax2tf); the resize and softmax around
@@ -12,7 +13,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from nstudent.data.pipeline import resize
+from nstudent.data.pipeline import preprocess_eval
 from nstudent.export.atomic import atomic_path
 
 
@@ -21,7 +22,7 @@ def save_keras(model, path):
         model.save(tmp)
 
 
-def export_saved_model(model, path, image_size, channels):
+def export_saved_model(model, path, image_size, channels, crop_fraction=0.0):
     archive = keras.export.ExportArchive()
     logits_fn = archive.track_and_add_endpoint(
         "logits", model,
@@ -30,7 +31,7 @@ def export_saved_model(model, path, image_size, channels):
     @tf.function(input_signature=[tf.TensorSpec((None, None, None, channels), tf.uint8,
                                                 name="images")])
     def serve(images):
-        images = resize(images, image_size)
+        images = preprocess_eval(images, image_size, crop_fraction)
         logits = tf.cast(logits_fn(tf.cast(images, tf.float32)), tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         return {"probabilities": probabilities,

@@ -78,6 +78,10 @@ class ModelConfig:
     stem_stride: int = 2  # 1 keeps detail on 28-32 px images
     dropout: float = -1.0  # <0: the variant's rate
     stochastic_depth: float = 0.2  # drop rate of the last block
+    # Input normalisation (x - mean) / std per channel, in pixel units; empty: 127.5,
+    # i.e. [-1, 1]. Pretrained weights bring their own (see models/pretrained.py).
+    input_mean: tuple = ()
+    input_std: tuple = ()
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -108,16 +112,32 @@ class ModelConfig:
     def depth(self):
         return VARIANTS[self.variant].depth * self.depth_scale
 
+    @property
+    def input_scale_offset(self):
+        """The Rescaling layer's per-channel (scale, offset): x * scale + offset."""
+        mean = list(self.input_mean) or [127.5]
+        std = list(self.input_std) or [127.5]
+        scale = [1.0 / s for s in std]
+        offset = [-m / s for m, s in zip(mean, std)] if len(mean) == len(std) else None
+        if offset is None:
+            raise ValueError("input_mean and input_std need the same length.")
+        return ((scale[0], offset[0]) if len(scale) == 1 else (scale, offset))
+
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["input_mean"], d["input_std"] = list(self.input_mean), list(self.input_std)
+        return d
 
     @classmethod
     def from_dict(cls, d):
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        d = {k: v for k, v in d.items() if k in fields}
+        for key in ("input_mean", "input_std"):
+            d[key] = tuple(d.get(key, ()))
+        return cls(**d)
 
 
 def round_filters(filters, width, divisor=8):
@@ -192,7 +212,8 @@ def stage_plan(config):
 def build_efficientnet(config):
     """Builds the network described by a `ModelConfig`."""
     inputs = keras.Input((None, None, config.channels), name="images")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    scale, offset = config.input_scale_offset
+    x = layers.Rescaling(scale, offset=offset, name="rescale")(inputs)
     x = _conv(round_filters(STEM_FILTERS, config.width), 3, config.stem_stride,
               name="stem_conv")(x)
     x = _bn("stem_bn")(x)

@@ -33,7 +33,8 @@ class Plan:
     dataset: str
     labels_per_class: int
     seed: int
-    unlabeled_ratio: int = 3
+    unlabeled_dataset: str = ""  # a separate unlabeled source; "": the train split's rest
+    init_weights: str = ""  # the teacher starts from this weights file    unlabeled_ratio: int = 3
     pseudo_loss_weight: float = 1.0
     init_from_teacher: bool = False
     num_shards: int = 1
@@ -108,7 +109,7 @@ def _done(step, path):
     return True  # pseudo-label shards: label_shards checks each one
 
 
-def run_pipeline(out_dir, info, train_split, test_split, plan):
+def run_pipeline(out_dir, stage_data, plan):
     """Runs (or resumes) every step; returns the summaries of the models, in order."""
     manifest = Manifest(out_dir, plan.to_dict())
     steps = plan_steps(plan)
@@ -129,7 +130,7 @@ def run_pipeline(out_dir, info, train_split, test_split, plan):
                        if step.kind == "robustness"
                        else _summary(read_json(os.path.join(path, export.METRICS))))
         else:
-            summary = _run_step(step, out_dir, path, info, train_split, test_split, plan)
+            summary = _run_step(step, out_dir, path, stage_data, plan)
         manifest.record(step.name, dict(summary, generation=step.generation,
                                         path=step.path))
     rows = []
@@ -142,52 +143,55 @@ def run_pipeline(out_dir, info, train_split, test_split, plan):
     return rows
 
 
-def _run_step(step, out_dir, path, info, train_split, test_split, plan):
+def _run_step(step, out_dir, path, stage_data, plan):
     g = step.generation
     model_config = plan.models[g]
     input_config = dataclasses.replace(plan.input_config,
                                        image_size=model_config.resolved_image_size)
     if step.kind == "teacher":
         return _summary(training.train_teacher(
-            path, info, train_split, test_split, model_config, input_config,
-            plan.teacher_train, plan.labels_per_class, plan.seed))
+            path, stage_data, model_config, input_config, plan.teacher_train,
+            plan.init_weights or None))
     if step.kind == "pseudo_labels":
-        return _label(out_dir, g, info, train_split, plan, path)
+        return _label(out_dir, g, stage_data, plan, path)
     if step.kind == "student":
         return _summary(training.train_student(
-            path, info, train_split, test_split,
+            path, stage_data,
             pseudo_labels.load_pseudo_labels(os.path.join(out_dir, f"pseudo_labels_for_gen{g}")),
-            model_config, input_config, plan.student_train, plan.labels_per_class,
-            plan.seed, plan.unlabeled_ratio, plan.pseudo_loss_weight,
-            plan.init_from_teacher))
+            model_config, input_config, plan.student_train, plan.unlabeled_ratio,
+            plan.pseudo_loss_weight, plan.init_from_teacher))
     if step.kind == "finetune":
         from nstudent.training.finetune import finetune
 
         resolution = plan.finetune_resolution
         return _summary(finetune(
-            os.path.join(out_dir, f"gen{g}"), path, info, train_split, test_split,
-            resolution, dataclasses.replace(input_config, image_size=resolution),
-            plan.finetune_train, plan.freeze_blocks, plan.labels_per_class, plan.seed))
-    return _robustness(path, info, test_split, plan)
+            os.path.join(out_dir, f"gen{g}"), path, stage_data, resolution,
+            dataclasses.replace(input_config, image_size=resolution), plan.finetune_train,
+            plan.freeze_blocks))
+    return _robustness(path, stage_data, plan)
 
 
-def _robustness(path, info, test_split, plan):
+def _robustness(path, stage_data, plan):
     from nstudent.evaluation import robustness_report
 
     classifier = load_classifier(path, prefer="keras")
     report = robustness_report(
-        classifier, test_split, info, classifier.image_size, 256, plan.corruptions,
+        classifier, stage_data.test, stage_data.info, classifier.image_size, 256,
+        plan.corruptions,
         epsilons=plan.fgsm_epsilons, examples=plan.robustness_examples, seed=plan.seed)
     write_json(os.path.join(path, ROBUSTNESS), report)
     return report
 
 
-def _label(out_dir, gen, info, train_split, plan, path):
+def _label(out_dir, gen, stage_data, plan, path):
     stats = pseudo_labels.pseudo_label(
-        os.path.join(out_dir, f"gen{gen - 1}"), info, train_split, plan.dataset,
-        plan.labels_per_class, plan.seed, plan.label, path, num_shards=plan.num_shards)
-    n = sum(s["images_in"] for s in stats)
-    return {"records": sum(s["records"] for s in stats), "images_in": n,
-            "kept_after_filter": sum(s["kept_after_filter"] for s in stats),
-            "agreement_with_dataset_labels": sum(
-                s["agreement_with_dataset_labels"] * s["images_in"] for s in stats) / n}
+        os.path.join(out_dir, f"gen{gen - 1}"), stage_data, plan.label, path,
+        num_shards=plan.num_shards)
+    n = sum(s.get("images_read", s["images_in"]) for s in stats)
+    summary = {"records": sum(s["records"] for s in stats), "images_in": n,
+               "kept_after_filter": sum(s["kept_after_filter"] for s in stats)}
+    if all("agreement_with_dataset_labels" in s for s in stats):
+        summary["agreement_with_dataset_labels"] = sum(
+            s["agreement_with_dataset_labels"] * s.get("images_read", s["images_in"])
+            for s in stats) / n
+    return summary

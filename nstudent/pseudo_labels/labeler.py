@@ -1,7 +1,9 @@
 """Runs a teacher clean over one shard of the unlabeled images and writes the shard.
 
-Clean means inference mode: no augmentation (images are only resized), no
-dropout, no stochastic depth, batch-norm moving statistics.
+Clean means inference mode: no augmentation (images get the teacher's evaluation
+preprocessing only), no dropout, no stochastic depth, batch-norm moving statistics.
+The unlabeled images are the train split outside the labeled subset, or a
+separate source (--unlabeled_dataset); `StageData.unlabeled` says which.
 """
 
 import dataclasses
@@ -12,8 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from nstudent.data.pipeline import resize
-from nstudent.data.subsets import split_labeled
+from nstudent.data.pipeline import preprocess_eval
 from nstudent.evaluation import load_classifier
 from nstudent.export.atomic import read_json
 from nstudent.pseudo_labels.selection import filter_and_balance, harden, soften
@@ -39,26 +40,30 @@ def shard_indices(indices, shard_index, num_shards):
     return np.asarray(indices)[shard_index::num_shards]
 
 
-def teacher_logits(classifier, examples, image_size, batch_size, progress=""):
-    """Logits of every (uint8 image, label) example, in order, with progress lines."""
+def teacher_logits(classifier, split, indices, batch_size, progress=""):
+    """(logits, source indices) of the readable images at `indices`, in order, with
+    progress lines; an unreadable file skipped on the way is simply not in the result."""
+    size, crop = classifier.image_size, classifier.crop_fraction
     # uint8 to the model: a quarter of float32's host-to-device copy; it casts there
-    ds = examples.map(lambda x, y: resize(x, image_size),
-                      num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
-    out, done, start, last = [], 0, time.time(), time.time()
-    for images in ds.as_numpy_iterator():
+    ds = split.dataset(indices, with_index=True).map(
+        lambda x, y, i: (preprocess_eval(x, size, crop), i),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+    out, kept, done, start, last = [], [], 0, time.time(), time.time()
+    for images, index in ds.as_numpy_iterator():
         out.append(classifier.logits(images))
+        kept.append(index)
         done += len(images)
         if time.time() - last > 10:
             last = time.time()
             logging.info("%s%d images labeled (%.0f img/s)", progress, done,
                          done / (last - start))
     if not out:
-        return np.zeros((0, classifier.num_classes or 0), np.float32)
-    return np.concatenate(out)
+        return np.zeros((0, classifier.num_classes or 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(out), np.concatenate(kept)
 
 
-def label_shard(classifier, info, split, unlabeled, shard_index, num_shards, config,
-                out_dir, settings):
+def label_shard(classifier, stage_data, shard_index, num_shards, config, out_dir,
+                settings):
     """Labels, filters and balances shard `shard_index`; writes it; returns its stats.
 
     K (config.per_class) is for the whole set: a shard keeps K / num_shards per
@@ -66,75 +71,97 @@ def label_shard(classifier, info, split, unlabeled, shard_index, num_shards, con
     every shard so that shards of different runs are never mixed.
     """
     start = time.time()
-    indices = shard_indices(unlabeled, shard_index, num_shards)
-    if not len(indices):
+    info = stage_data.info
+    split, unlabeled = stage_data.unlabeled
+    requested = shard_indices(unlabeled, shard_index, num_shards)
+    if not len(requested):
         raise ValueError(f"Shard {shard_index} of {num_shards} has no unlabeled images "
                          f"({len(unlabeled)} in all).")
     where = f"shard {shard_index + 1}/{num_shards}: "
-    logging.info("%slabeling %d images with %s", where, len(indices), classifier.path)
-    logits = teacher_logits(classifier, split.dataset(indices), classifier.image_size,
-                            config.batch_size, where)
+    logging.info("%slabeling %d images with %s", where, len(requested), classifier.path)
+    logits, indices = teacher_logits(classifier, split, requested, config.batch_size, where)
+    if not len(indices):
+        raise ValueError(f"Shard {shard_index} of {num_shards}: none of its "
+                         f"{len(requested)} images could be read.")
     seconds_labeling = time.time() - start
     confidence_probs = soften(logits, config.temperature)  # filter on the soft ones
     probs = harden(confidence_probs) if config.hard else confidence_probs
     per_class = -(-config.per_class // num_shards) if config.per_class > 0 else 0
     selection = filter_and_balance(confidence_probs, config.min_confidence, per_class)
     rows = selection.rows
-    truth = split.labels[indices]
     predicted = np.argmax(confidence_probs, axis=-1)
 
-    # Write: the selected rows, each as often as it was chosen, in source order.
+    # Write: the selected rows, each as often as it was chosen, in source order; the
+    # source's encoded bytes where it has them (a folder's JPEGs), else PNG.
     copies = np.bincount(rows, minlength=len(indices))
     keep = np.flatnonzero(copies)
-    pngs = split.dataset(indices[keep]).map(
-        lambda image, _: tf.io.encode_png(image), num_parallel_calls=tf.data.AUTOTUNE)
-    repeated = (png for png, n in zip(pngs.as_numpy_iterator(), copies[keep])
+    if split.to_bytes is not None:
+        encoded = split.dataset(indices[keep], encoded=True).map(lambda b, _: b)
+    else:
+        encoded = split.dataset(indices[keep]).map(
+            lambda image, _: tf.io.encode_png(image), num_parallel_calls=tf.data.AUTOTUNE)
+    repeated = (png for png, n in zip(encoded.as_numpy_iterator(), copies[keep])
                 for _ in range(n))
     order = np.repeat(keep, copies[keep])
     stats = write_shard(out_dir, shard_index, num_shards, repeated, probs[order],
                         confidence_probs[order].max(axis=-1), indices[order], {
         "settings": settings, "num_classes": int(probs.shape[-1]),
         "channels": info.channels, "class_names": list(info.class_names),
-        "images_in": int(len(indices)), "min_confidence": config.min_confidence,
+        "images_in": int(len(requested)), "images_read": int(len(indices)),
+        "min_confidence": config.min_confidence,
         "hard": config.hard, "temperature": config.temperature,
         "kept_after_filter": int(sum(selection.counts_filtered)),
         "distinct_images_written": int(len(keep)),
-        # how often the teacher agrees with the dataset's own (hidden) labels
-        "agreement_with_dataset_labels": float(np.mean(predicted == truth)),
-        "agreement_after_selection": float(np.mean(predicted[rows] == truth[rows])),
+        "unreadable_skipped": int(len(requested) - len(indices)),
+        **_agreement(split, indices, predicted, rows),
         "seconds_labeling": seconds_labeling,
         "images_per_second_labeling": len(indices) / max(seconds_labeling, 1e-9),
         **selection.stats()})
+    agreement = stats.get("agreement_with_dataset_labels")
     logging.info("%s%d images in, %d pass --min_confidence=%g, %d written (K=%d per "
-                 "class, %d distinct); teacher agrees with the dataset's labels on %.1f%%; "
-                 "%.0f s", where, len(indices), stats["kept_after_filter"],
-                 config.min_confidence, stats["records"], selection.per_class, len(keep),
-                 100 * stats["agreement_with_dataset_labels"], time.time() - start)
+                 "class, %d distinct)%s; %.0f s", where, len(indices),
+                 stats["kept_after_filter"], config.min_confidence, stats["records"],
+                 selection.per_class, len(keep),
+                 "" if agreement is None else
+                 f"; teacher agrees with the dataset's labels on {100 * agreement:.1f}%",
+                 time.time() - start)
     return stats
 
 
-def teacher_settings(classifier, teacher_path, dataset_name, split_name, labels_per_class,
-                     seed, config):
+def _agreement(split, indices, predicted, rows):
+    """How often the teacher agrees with the source's own (hidden) labels, where it has
+    them: the train split's rest has, a separate unlabeled collection has not."""
+    if not split.has_labels:
+        return {}
+    truth = split.labels[indices]
+    return {"agreement_with_dataset_labels": float(np.mean(predicted == truth)),
+            "agreement_after_selection": float(np.mean(predicted[rows] == truth[rows]))}
+
+
+def teacher_settings(classifier, teacher_path, stage_data, config):
     """What makes a pseudo-label run itself; every shard stores it."""
     metrics = os.path.join(os.path.abspath(teacher_path), "metrics.json")
     params = (read_json(metrics).get("parameters") if os.path.exists(metrics) else
               classifier.keras_model.count_params() if classifier.keras_model else None)
     return {"teacher": os.path.abspath(teacher_path), "teacher_parameters": params,
-            "dataset": dataset_name, "split": split_name,
-            "labels_per_class": labels_per_class, "seed": seed,
+            "dataset": stage_data.dataset, "split": stage_data.train.name,
+            "unlabeled_dataset": stage_data.unlabeled_spec or None,
+            "labels_per_class": stage_data.labels_per_class, "seed": stage_data.seed,
             **{k: v for k, v in config.to_dict().items() if k != "batch_size"}}
 
 
-def label_shards(classifier, info, split, unlabeled, shards, num_shards, config, out_dir,
-                 settings, overwrite=False):
+def label_shards(classifier, stage_data, shards, num_shards, config, out_dir, settings,
+                 overwrite=False):
     """Labels each shard in `shards` unless it is already complete; returns all stats."""
+    info = stage_data.info
     if classifier.num_classes is not None and classifier.num_classes != info.num_classes:
         raise ValueError(f"The teacher predicts {classifier.num_classes} classes but "
                          f"{info.name} has {info.num_classes}.")
     classifier.check_dataset(info)
-    if not len(unlabeled):
+    if not stage_data.unlabeled_count:
         raise ValueError(f"The unlabeled set is empty: every image of {info.name} is "
-                         "labeled (lower --labels_per_class).")
+                         "labeled (lower --labels_per_class, or give a separate collection "
+                         "with --unlabeled_dataset).")
     all_stats = []
     for i in shards:
         if shard_is_complete(out_dir, i, num_shards) and not overwrite:
@@ -146,20 +173,18 @@ def label_shards(classifier, info, split, unlabeled, shards, num_shards, config,
                     "--overwrite.")
             logging.info("Shard %d of %d is already complete; skipped.", i, num_shards)
         else:
-            stats = label_shard(classifier, info, split, unlabeled, i, num_shards, config,
-                                out_dir, settings)
+            stats = label_shard(classifier, stage_data, i, num_shards, config, out_dir,
+                                settings)
         all_stats.append(stats)
     return all_stats
 
 
-def pseudo_label(teacher_path, info, split, dataset_name, labels_per_class, seed, config,
-                 out_dir, shards=None, num_shards=1, overwrite=False):
+def pseudo_label(teacher_path, stage_data, config, out_dir, shards=None, num_shards=1,
+                 overwrite=False):
     """The whole stage: a teacher (run folder, .keras or SavedModel) labels the
-    unlabeled part of `split` into `out_dir`; returns each shard's stats."""
-    _, unlabeled = split_labeled(split.labels, info.num_classes, labels_per_class, seed)
+    unlabeled images of `stage_data` into `out_dir`; returns each shard's stats."""
     classifier = load_classifier(teacher_path)
-    settings = teacher_settings(classifier, teacher_path, dataset_name, split.name,
-                                labels_per_class, seed, config)
-    return label_shards(classifier, info, split, unlabeled,
+    settings = teacher_settings(classifier, teacher_path, stage_data, config)
+    return label_shards(classifier, stage_data,
                         range(num_shards) if shards is None else shards, num_shards,
                         config, out_dir, settings, overwrite=overwrite)

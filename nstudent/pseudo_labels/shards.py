@@ -1,4 +1,4 @@
-"""Pseudo-label shards on disk: TFRecords of (PNG image, soft label, confidence).
+"""Pseudo-label shards on disk: TFRecords of (encoded image, soft label, confidence).
 
 Shard i of n is `pseudo-0000i-of-0000n.tfrecord` plus its stats
 `pseudo-0000i-of-0000n.json`. The TFRecord is written to a temporary file and
@@ -15,6 +15,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from nstudent.data.decode import decode
 from nstudent.export.atomic import atomic_path, read_json, write_json
 
 _NAME = re.compile(r"pseudo-(\d{5})-of-(\d{5})\.json$")
@@ -33,9 +34,9 @@ def shard_paths(directory, shard_index, num_shards):
     return base + ".tfrecord", base + ".json"
 
 
-def _example(png, label, confidence, predicted, index):
+def _example(image, label, confidence, predicted, index):
     feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
         "label": tf.train.Feature(float_list=tf.train.FloatList(value=label)),
         "confidence": tf.train.Feature(float_list=tf.train.FloatList(value=[confidence])),
         "class": tf.train.Feature(int64_list=tf.train.Int64List(value=[predicted])),
@@ -44,15 +45,15 @@ def _example(png, label, confidence, predicted, index):
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shard(directory, shard_index, num_shards, pngs, labels, confidence,
+def write_shard(directory, shard_index, num_shards, images, labels, confidence,
                 source_index, stats):
-    """Writes one shard whole: `pngs` M encoded images, `labels` float [M, classes]."""
+    """Writes one shard whole: `images` M encoded images, `labels` float [M, classes]."""
     record_path, stats_path = shard_paths(directory, shard_index, num_shards)
     labels = np.asarray(labels, np.float32)
     with atomic_path(record_path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
-            for png, label, conf, index in zip(pngs, labels, confidence, source_index):
-                writer.write(_example(png, label.tolist(), float(conf),
+            for image, label, conf, index in zip(images, labels, confidence, source_index):
+                writer.write(_example(image, label.tolist(), float(conf),
                                       int(label.argmax()), int(index)))
     stats = dict(stats, shard_index=shard_index, num_shards=num_shards,
                  records=int(len(labels)), tfrecord=os.path.basename(record_path),
@@ -81,15 +82,15 @@ class PseudoLabels:
     stats: list  # each shard's stats, in shard order
 
     def dataset(self):
-        """(uint8 image [H, W, C], float32 soft label [classes]) in file order."""
+        """(uint8 image [H, W, C], float32 soft label [classes]) in file order; images
+        keep their source's size and encoding and are converted to `channels`."""
         spec = {"image": tf.io.FixedLenFeature([], tf.string),
                 "label": tf.io.FixedLenFeature([self.num_classes], tf.float32)}
         channels = self.channels
 
         def parse(record):
             ex = tf.io.parse_single_example(record, spec)
-            image = tf.io.decode_png(ex["image"], channels=channels)
-            return image, ex["label"]
+            return decode(ex["image"], channels), ex["label"]
 
         return tf.data.TFRecordDataset(self.files).map(
             parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -14,7 +14,7 @@ from absl import logging
 
 from nstudent import data, models
 from nstudent.evaluation import load_classifier
-from nstudent.training.runs import finish_run, labeled_subset
+from nstudent.training.runs import finish_run
 from nstudent.training.supervised import compile_for_training, fit
 
 STEM_LAYERS = ("rescale", "stem_conv", "stem_bn", "stem_activation")
@@ -53,10 +53,12 @@ def freeze(network, num_blocks):
     return frozen
 
 
-def finetune(run_dir, out_dir, info, train_split, test_split, image_size, input_config,
-             train_config, freeze_blocks=-1, labels_per_class=0, seed=0):
-    """Fine-tunes the run's model at `image_size` on the labeled subset; exports it."""
+def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_config,
+             freeze_blocks=-1):
+    """Fine-tunes the run's model at `image_size` on the labeled subset, without
+    augmentation (the evaluation preprocessing at the new resolution); exports it."""
     start = time.time()
+    info = stage_data.info
     teacher = load_classifier(run_dir, prefer="keras")
     if teacher.keras_model is None or not teacher.info:
         raise FileNotFoundError(f"{run_dir!r} is not a run folder with model.keras and "
@@ -81,18 +83,23 @@ def finetune(run_dir, out_dir, info, train_split, test_split, image_size, input_
                  len(network.trainable_weights))
 
     batch = input_config.batch_size
-    labeled, _ = labeled_subset(info, train_split, labels_per_class, seed, batch)
-    steps = train_config.steps_per_epoch or len(labeled) // batch
-    input_config = dataclasses.replace(input_config, image_size=image_size)
-    train_ds = data.train_dataset(train_split.dataset(labeled), info.num_classes,
-                                  input_config, augment=False, seed=seed)
+    labeled = stage_data.labeled(batch)
+    count = len(stage_data.labeled_indices)
+    steps = train_config.steps_per_epoch or count // batch
+    # the source's evaluation preprocessing (square resize or centre crop) at the new size
+    crop = teacher.crop_fraction
+    input_config = dataclasses.replace(
+        input_config, image_size=image_size, crop="random_resized" if crop else "pad",
+        center_crop=crop or input_config.center_crop)
+    train_ds = data.train_dataset(labeled, info.num_classes, input_config, augment=False,
+                                  seed=stage_data.seed, num_examples=count)
     compile_for_training(network, train_config, steps)
     history, epoch_seconds = fit(network, train_ds, steps, train_config.epochs,
                                  os.path.join(out_dir, "logs"))
     return finish_run(
-        out_dir, network, config, info, test_split, input_config, start, history,
-        epoch_seconds, batch, steps, {
+        out_dir, network, config, stage_data, input_config, train_config,
+        labeled.map(lambda x, y: x), start, history, epoch_seconds, batch, steps, {
             "stage": "finetune", "source": os.path.abspath(run_dir),
             "resolution": image_size, "frozen_blocks": blocks, "frozen_layers": frozen,
-            "labeled_examples": int(len(labeled)),
+            "labeled_examples": int(count),
             "jit_compile": bool(network.jit_compile)})

@@ -5,6 +5,7 @@ pseudo-labeled images (see `steps.NoisyStudent` for the loss); an epoch is one
 pass over the pseudo-labeled images.
 """
 
+import dataclasses
 import time
 
 import tensorflow as tf
@@ -13,28 +14,35 @@ from absl import logging
 from nstudent import data, models
 from nstudent.evaluation import load_classifier
 from nstudent.training.optim import make_optimizer
-from nstudent.training.runs import finish_run, labeled_subset
+from nstudent.training.runs import finish_run
 from nstudent.training.steps import NoisyStudent, with_device_noise
 from nstudent.training.supervised import fit, parse_jit
 
 
+NORMALISATION = ("input_mean", "input_std")
+
+
 def _teacher_network(path, model_config):
-    """The teacher's Keras model, to start the student from; same architecture only."""
+    """(config, the teacher's Keras model) to start the student from; same architecture
+    only. The student takes the teacher's input normalisation with its weights."""
     classifier = load_classifier(path, prefer="keras")
     if classifier.keras_model is None:
         raise ValueError(f"--init_from_teacher needs the teacher's .keras file; {path!r} "
                          "has none.")
-    info = classifier.info
-    if info and info["model"] != model_config.to_dict():
-        raise ValueError("--init_from_teacher needs the student to have the teacher's "
-                         f"architecture; teacher {info['model']}, student "
-                         f"{model_config.to_dict()}.")
-    return classifier.keras_model
+    if classifier.info:
+        teacher = models.ModelConfig.from_dict(classifier.info["model"])
+        mine = model_config.replace(**{k: getattr(teacher, k) for k in NORMALISATION})
+        if teacher != mine:
+            raise ValueError("--init_from_teacher needs the student to have the teacher's "
+                             f"architecture; teacher {teacher.to_dict()}, student "
+                             f"{model_config.to_dict()}.")
+        model_config = mine
+    return model_config, classifier.keras_model
 
 
-def train_student(out_dir, info, train_split, test_split, pseudo, model_config,
-                  input_config, train_config, labels_per_class=0, seed=0,
-                  unlabeled_ratio=3, pseudo_loss_weight=1.0, init_from_teacher=False):
+def train_student(out_dir, stage_data, pseudo, model_config, input_config, train_config,
+                  unlabeled_ratio=3, pseudo_loss_weight=1.0, init_from_teacher=False,
+                  init_weights=None):
     """Trains a noisy student on the labeled subset plus `pseudo` (PseudoLabels).
 
     An epoch is one pass over the pseudo-labeled images; each step takes
@@ -42,6 +50,7 @@ def train_student(out_dir, info, train_split, test_split, pseudo, model_config,
     Returns the metrics written to <out_dir>/metrics.json.
     """
     start = time.time()
+    info, seed = stage_data.info, stage_data.seed
     if pseudo.num_classes != info.num_classes or list(pseudo.class_names) != list(
             info.class_names):
         raise data.DataError(
@@ -55,28 +64,31 @@ def train_student(out_dir, info, train_split, test_split, pseudo, model_config,
     if pseudo.records < pseudo_batch:
         raise data.DataError(f"Only {pseudo.records} pseudo-labeled images for a pseudo "
                              f"batch of {pseudo_batch}; lower --batch_size.")
-    labeled, _ = labeled_subset(info, train_split, labels_per_class, seed, batch)
+    labeled = stage_data.labeled(batch)
+    count = len(stage_data.labeled_indices)
     steps = train_config.steps_per_epoch or pseudo.records // pseudo_batch
     logging.info("Student: %d labeled + %d pseudo-labeled images, batches %d + %d, "
-                 "%d steps per epoch.", len(labeled), pseudo.records, batch, pseudo_batch,
-                 steps)
-    labeled_ds = data.train_dataset(train_split.dataset(labeled), info.num_classes,
-                                    input_config, seed=seed)
-    pseudo_config = data.InputConfig(**{**input_config.__dict__, "batch_size": pseudo_batch})
+                 "%d steps per epoch.", count, pseudo.records, batch, pseudo_batch, steps)
+    labeled_ds = data.train_dataset(labeled, info.num_classes, input_config, seed=seed,
+                                    num_examples=count)
+    pseudo_config = dataclasses.replace(input_config, batch_size=pseudo_batch)
     pseudo_ds = data.train_dataset(pseudo.dataset(), info.num_classes, pseudo_config,
-                                   seed=None if seed is None else seed + 1)
+                                   seed=seed + 1, num_examples=pseudo.records)
     train_ds = tf.data.Dataset.zip((labeled_ds, pseudo_ds)).prefetch(tf.data.AUTOTUNE)
 
-    network = models.build_efficientnet(model_config)
+    if init_from_teacher:
+        model_config, teacher = _teacher_network(pseudo.stats[0]["settings"]["teacher"],
+                                                 model_config)
+        network = models.build_efficientnet(model_config)
+        network.set_weights(teacher.get_weights())
+        logging.info("Student starts from the teacher's weights.")
+    else:
+        model_config, network = models.build_with_weights(model_config, init_weights)
     teacher_params = pseudo.stats[0]["settings"].get("teacher_parameters")
     if teacher_params and network.count_params() < teacher_params:
         logging.warning("The student (%d parameters) is smaller than its teacher (%d): "
                         "noisy student expects an equal or larger student.",
                         network.count_params(), teacher_params)
-    if init_from_teacher:
-        teacher = _teacher_network(pseudo.stats[0]["settings"]["teacher"], model_config)
-        network.set_weights(teacher.get_weights())
-        logging.info("Student starts from the teacher's weights.")
     student = NoisyStudent(with_device_noise(network, input_config, seed),
                            pseudo_loss_weight)
     student.compile(
@@ -86,13 +98,14 @@ def train_student(out_dir, info, train_split, test_split, pseudo, model_config,
         jit_compile=parse_jit(train_config.jit_compile))
     history, epoch_seconds = fit(student, train_ds, steps, train_config.epochs,
                                  f"{out_dir}/logs")
+    clean = labeled.map(lambda x, y: x).concatenate(pseudo.dataset().map(lambda x, y: x))
     return finish_run(
-        out_dir, network, model_config, info, test_split, input_config, start, history,
-        epoch_seconds, batch + pseudo_batch, steps, {
-            "stage": "student", "labeled_examples": int(len(labeled)),
+        out_dir, network, model_config, stage_data, input_config, train_config, clean,
+        start, history, epoch_seconds, batch + pseudo_batch, steps, {
+            "stage": "student", "labeled_examples": int(count),
             "pseudo_labeled_examples": pseudo.records, "pseudo_labels": pseudo.directory,
             "teacher": pseudo.stats[0]["settings"].get("teacher"),
             "teacher_parameters": teacher_params, "unlabeled_ratio": unlabeled_ratio,
             "pseudo_loss_weight": pseudo_loss_weight,
-            "init_from_teacher": bool(init_from_teacher),
+            "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights,
             "jit_compile": bool(student.jit_compile)})

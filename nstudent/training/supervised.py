@@ -19,6 +19,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     jit_compile: str = "auto"  # auto: XLA on accelerators, not on CPU (5x slower here)
+    bn_recalibration_batches: int = 100  # precise BN after training; 0: off
 
 
 def parse_jit(value):

@@ -1,0 +1,71 @@
+"""The data one stage works on, as one object: the labeled dataset's splits, the
+labeled subset, and the unlabeled images (the rest of the train split, or a
+separate collection given by --unlabeled_dataset)."""
+
+import dataclasses
+import functools
+from typing import Optional
+
+import numpy as np
+
+from nstudent.data.sources import DataError, DatasetInfo, Split
+from nstudent.data.subsets import split_labeled
+
+MAX_NAMED_SKIPS = 10
+
+
+@dataclasses.dataclass
+class StageData:
+    info: DatasetInfo
+    train: Split
+    test: Optional[Split] = None
+    labels_per_class: int = 0  # 0: every train image is labeled
+    seed: int = 0
+    dataset: str = ""  # the --dataset spec
+    unlabeled_source: Optional[Split] = None  # --unlabeled_dataset, when given
+    unlabeled_spec: str = ""
+
+    @functools.cached_property
+    def _subset(self):
+        return split_labeled(self.train.labels, self.info.num_classes,
+                             self.labels_per_class, self.seed)
+
+    @property
+    def labeled_indices(self):
+        return self._subset[0]
+
+    def labeled(self, batch_size=None):
+        """(uint8 image, label) of the labeled subset; it must fill one batch."""
+        n = len(self.labeled_indices)
+        if batch_size and n < batch_size:
+            raise DataError(f"Only {n} labeled examples for batch size {batch_size}; "
+                            "lower --batch_size.")
+        return self.train.dataset(self.labeled_indices)
+
+    @property
+    def unlabeled(self):
+        """(split, indices) of the images to pseudo-label."""
+        if self.unlabeled_source is not None:
+            return self.unlabeled_source, np.arange(len(self.unlabeled_source))
+        return self.train, self._subset[1]
+
+    @property
+    def unlabeled_count(self):
+        return len(self.unlabeled[1])
+
+    def skipped_files(self):
+        """Unreadable files skipped so far by every split of this stage, in order met."""
+        seen = []
+        for split in (self.train, self.test, self.unlabeled_source):
+            for path in (split.skipped_files() if split is not None else []):
+                if path not in seen:
+                    seen.append(path)
+        return seen
+
+    def report(self):
+        """What metrics.json records about the data, skipped files included."""
+        skipped = self.skipped_files()
+        return {"dataset": self.dataset, "unlabeled_dataset": self.unlabeled_spec or None,
+                "labels_per_class": self.labels_per_class,
+                "skipped_unreadable_images": len(skipped),
+                "skipped_unreadable_first": skipped[:MAX_NAMED_SKIPS]}
