@@ -49,3 +49,39 @@ def toy_dataset(root, train_per_class, test_per_class, classes=("a", "b", "c", "
     write_image_folder(root, "test", classes, per_class=test_per_class, channels=1,
                        size=16, learnable=True)
     return data.load(f"folder:{root}", channels=1)
+
+
+def write_photo_folder(root, classes=("a", "b", "c"), per_class=10, unlabeled=0, seed=0):
+    """JPEGs of mixed sizes as a user brings them: root/labeled/{train,test}/<class>/ and,
+    with `unlabeled`, a flat root/unlabeled/ of which every fourth is grey. Class c is
+    brighter than class c-1, so a tiny model learns it. Returns the unlabeled paths."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+
+    def photo(c, grey=False):
+        h, w = (int(v) for v in rng.integers(14, 40, 2))
+        base = 40 + 170 * c // max(len(classes) - 1, 1)
+        pixels = np.clip(rng.normal(base, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        image = Image.fromarray(pixels)
+        (image.convert("L") if grey else image).save(buffer, "JPEG", quality=90)
+        return buffer.getvalue()
+
+    for split, n in (("train", per_class), ("test", max(2, per_class // 3))):
+        for c, name in enumerate(classes):
+            d = root / "labeled" / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                (d / f"{i}.jpg").write_bytes(photo(c))
+    paths = []
+    if unlabeled:
+        d = root / "unlabeled"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(unlabeled):
+            path = d / f"u{i:04d}.jpg"
+            path.write_bytes(photo(i % len(classes), grey=i % 4 == 0))
+            paths.append(str(path))
+    return paths

@@ -254,3 +254,50 @@ def test_randaugment_changes_images_and_keeps_shape(impl, channels):
 def test_randaugment_magnitude_out_of_range():
     with pytest.raises(ValueError, match="magnitude must be in"):
         make_randaugment(2, 11)
+
+
+def test_random_resized_crop_and_centre_crop_evaluation():
+    from nstudent.data.pipeline import center_crop, random_resized_crop, resolve_cache
+
+    wide = tf.constant(np.tile(np.arange(60, dtype=np.uint8)[None, :, None], (30, 1, 1)))
+    config = data.InputConfig(image_size=16, batch_size=4, crop="random_resized",
+                              crop_scale=(0.2, 0.3), crop_ratio=(0.9, 1.1))
+    crops = [random_resized_crop(wide, config, seed=s) for s in range(4)]
+    assert all(c.shape == (16, 16, 1) for c in crops)
+    # a fifth to a third of the area at aspect ~1: a 19-24 px window of the 30 x 60
+    # image, so a crop spans about that many columns of the ramp, wherever it lies
+    spans = [int(c.numpy().max()) - int(c.numpy().min()) for c in crops]
+    assert all(17 <= s <= 24 for s in spans), spans
+    # evaluation: shorter side 30 -> 16 / 0.5 = 32, then the central 16 x 16
+    centre = center_crop(wide, 16, 0.5).numpy()[..., 0]
+    assert centre.shape == (16, 16) and abs(centre.mean() - 29.5) < 1.0
+    assert data.InputConfig.for_evaluation(16, 4, 0.875).eval_crop_fraction == 0.875
+    assert data.InputConfig(16, 4).eval_crop_fraction == 0.0  # pad: a square resize
+    # cache=auto: memory when the prepared set fits the budget, else none
+    auto = data.InputConfig(image_size=32, batch_size=4)
+    assert resolve_cache(auto, 4000, 1) == "memory"
+    assert resolve_cache(auto, 10 ** 12, 3) == "none"
+    assert resolve_cache(auto, None, 3) == "none"  # an unknown count is not cached
+    assert resolve_cache(data.InputConfig(32, 4, cache="disk"), 10 ** 12, 3) == "disk"
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "none"])
+def test_train_batches_with_random_resized_crops_and_each_cache(cache):
+    config = data.InputConfig(image_size=24, batch_size=8, crop="random_resized",
+                              cache=cache)
+    ds = data.train_dataset(_examples(size=40), 4, config, seed=0, num_examples=20)
+    for images, labels in ds.take(3):
+        assert images.shape == (8, 24, 24, 1) and labels.shape == (8, 4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(crop_scale=(0.0, 1.0)), "--crop_scale must satisfy"),
+    (dict(crop_scale=(0.5, 1.2)), "--crop_scale must satisfy"),
+    (dict(crop_ratio=(2.0, 1.0)), "--crop_ratio must satisfy"),
+    (dict(center_crop=0.0), "--center_crop must be in"),
+    (dict(crop="zoom"), "--crop must be one of"),
+    (dict(cache="ram"), "--cache must be one of"),
+])
+def test_input_config_refuses_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.InputConfig(image_size=16, batch_size=4, **kwargs)

@@ -149,3 +149,23 @@ def test_gpu_path_runs_compiled_without_tensorflow():
     assert figure["jit_compile"] is True and figure["tensorflow"] is None
     assert figure["feed"] == "numpy" and figure["randaugment_impl"] == "device"
     assert figure["images_per_second"] > 0 and figure["backend"] == "jax"
+
+
+def test_device_random_resized_crop_is_a_zoom_of_the_stated_area():
+    ramp = np.tile(np.linspace(0, 255, 32, dtype=np.float32)[None, :, None], (32, 1, 1))
+    images = np.repeat(ramp[None], 64, axis=0)
+    full = DeviceNoise(num_ops=0, random_flip=False, crop_scale=(1.0, 1.0),
+                       crop_ratio=(1.0, 1.0), seed=0)
+    np.testing.assert_allclose(_numpy(full(images, training=True)), images, atol=1e-3)
+    quarter = DeviceNoise(num_ops=0, random_flip=False, crop_scale=(0.25, 0.25),
+                          crop_ratio=(1.0, 1.0), seed=0)
+    out = _numpy(quarter(images, training=True))
+    # half the side: each output row spans half the ramp, at random places
+    spans = out[:, 16, -1, 0] - out[:, 16, 0, 0]
+    np.testing.assert_allclose(spans, 255 / 2 * 31 / 31, atol=6)
+    starts = out[:, 16, 0, 0]
+    assert starts.min() < 40 and starts.max() > 90  # the window moves
+    config = data.InputConfig(image_size=16, batch_size=4, randaugment_impl="device",
+                              crop="random_resized")
+    layer = augment.device_noise(config)
+    assert layer.crop_scale == (0.08, 1.0)

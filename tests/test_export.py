@@ -99,3 +99,16 @@ def test_evaluating_unknown_classes_or_channels_is_refused(tmp_path, tiny_model)
         classifier.check_dataset(DatasetInfo("zoo", 4, 1, ("a", "b", "c", "zebra")))
     with pytest.raises(ValueError, match="takes 1-channel images but rgb has 3"):
         classifier.check_dataset(DatasetInfo("rgb", 4, 3, ("a", "b", "c", "d")))
+
+
+def test_serving_centre_crops_as_evaluation_does(tmp_path, tiny_model):
+    from nstudent.data import preprocess_eval
+
+    path = str(tmp_path / "cropped")
+    export_saved_model(tiny_model, path, image_size=16, channels=1, crop_fraction=0.5)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    image = random_images(1, 40, 1, seed=4)[0][:, :30]  # 40 x 30, not square
+    expected = tiny_model(tf.cast(preprocess_eval(tf.constant(image), 16, 0.5),
+                                  tf.float32)[None])
+    got = serve(images=tf.constant(image[None]))["probabilities"].numpy()
+    np.testing.assert_allclose(got, _softmax(np.asarray(expected)), atol=1e-5)

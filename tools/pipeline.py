@@ -106,6 +106,10 @@ def main(argv):
         cli.setup_runtime()
         stage_data = cli.load_stage_data(unlabeled=True)
         rows.extend(pipeline.run_pipeline(FLAGS.out, stage_data, make_plan(stage_data.info)))
+        skipped = stage_data.skipped_files()
+        if skipped:
+            logging.warning("Skipped %d unreadable images in all (first: %s).",
+                            len(skipped), ", ".join(skipped[:3]))
 
     code = cli.run_stage(stage)
     if code:

@@ -45,10 +45,6 @@ def main(argv):
             FLAGS.teacher, stage_data, cli.label_config(), FLAGS.out, shards,
             FLAGS.num_shards, overwrite=FLAGS.overwrite)
         written = sum(s["records"] for s in stats)
-        skipped = stage_data.skipped_files()
-        if skipped:
-            logging.warning("Skipped %d unreadable images (first: %s).", len(skipped),
-                            ", ".join(skipped[:3]))
         logging.info("%d pseudo-labeled images in %d shard(s) in %s", written, len(stats),
                      FLAGS.out)
 

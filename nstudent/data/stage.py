@@ -53,18 +53,20 @@ class StageData:
     def unlabeled_count(self):
         return len(self.unlabeled[1])
 
-    def skipped_files(self):
-        """Unreadable files skipped so far by every split of this stage, in order met."""
+    def skipped_files(self, unlabeled=True):
+        """Unreadable files skipped so far, in order met: by the labeled splits and (with
+        `unlabeled`) the separate unlabeled source."""
         seen = []
-        for split in (self.train, self.test, self.unlabeled_source):
+        for split in (self.train, self.test, self.unlabeled_source if unlabeled else None):
             for path in (split.skipped_files() if split is not None else []):
                 if path not in seen:
                     seen.append(path)
         return seen
 
     def report(self):
-        """What metrics.json records about the data, skipped files included."""
-        skipped = self.skipped_files()
+        """What a training run's metrics.json records about its data: the labeled splits
+        it read, their skipped files included (pseudo-label stats record the rest)."""
+        skipped = self.skipped_files(unlabeled=False)
         return {"dataset": self.dataset, "unlabeled_dataset": self.unlabeled_spec or None,
                 "labels_per_class": self.labels_per_class,
                 "skipped_unreadable_images": len(skipped),

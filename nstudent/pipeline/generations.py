@@ -34,7 +34,8 @@ class Plan:
     labels_per_class: int
     seed: int
     unlabeled_dataset: str = ""  # a separate unlabeled source; "": the train split's rest
-    init_weights: str = ""  # the teacher starts from this weights file    unlabeled_ratio: int = 3
+    init_weights: str = ""  # the teacher starts from this weights file
+    unlabeled_ratio: int = 3
     pseudo_loss_weight: float = 1.0
     init_from_teacher: bool = False
     num_shards: int = 1

@@ -113,10 +113,14 @@ def label_shard(classifier, stage_data, shard_index, num_shards, config, out_dir
         "kept_after_filter": int(sum(selection.counts_filtered)),
         "distinct_images_written": int(len(keep)),
         "unreadable_skipped": int(len(requested) - len(indices)),
+        "unreadable_first": split.skipped_files()[:10],
         **_agreement(split, indices, predicted, rows),
         "seconds_labeling": seconds_labeling,
         "images_per_second_labeling": len(indices) / max(seconds_labeling, 1e-9),
         **selection.stats()})
+    if stats["unreadable_skipped"]:
+        logging.warning("%sSkipped %d unreadable images (first: %s).", where,
+                        stats["unreadable_skipped"], ", ".join(stats["unreadable_first"][:3]))
     agreement = stats.get("agreement_with_dataset_labels")
     logging.info("%s%d images in, %d pass --min_confidence=%g, %d written (K=%d per "
                  "class, %d distinct)%s; %.0f s", where, len(indices),
