@@ -118,13 +118,12 @@ class Inputs:
         if self.feed == "numpy":
             return _numpy_batches(NumpyFeed(self.images, self.one_hot,
                                             self.config.batch_size))
-        import tensorflow as tf
-
         from nstudent import data
+        from nstudent.data.sources import in_memory_split
 
-        split = data.Split("train", self.labels, lambda: tf.data.Dataset.from_tensor_slices(
-            (self.images, self.labels)))
-        return data.train_dataset(split.dataset(), FLAGS.num_classes, self.config)
+        split = in_memory_split("train", self.images, self.labels)
+        return data.train_dataset(split.dataset(), FLAGS.num_classes, self.config,
+                                  num_examples=len(split))
 
     def one_batch(self):
         """A single training batch, repeated forever (the step alone)."""
@@ -242,9 +241,8 @@ def main(argv):
 
 def _label_with_shards(teacher, config, n, b):
     """The real stage: load the exported teacher, label, select, write shards."""
-    import tensorflow as tf
-
     from nstudent import data, export, pseudo_labels
+    from nstudent.data.sources import in_memory_split
     from nstudent.evaluation import load_classifier
 
     tmp = tempfile.mkdtemp(prefix="nstudent-throughput-")
@@ -253,15 +251,17 @@ def _label_with_shards(teacher, config, n, b):
     export.write_run(os.path.join(tmp, "teacher"), teacher, config, info, {})
     classifier = load_classifier(os.path.join(tmp, "teacher"), prefer="keras")
     images, labels = _random_uint8(n, seed=1)
-    unlabeled = data.Split("train", labels, lambda: tf.data.Dataset.from_tensor_slices(
-        (images, labels)))
+    def unlabeled(count):  # the first `count` images as a separate unlabeled source
+        split = in_memory_split("unlabeled", images[:count], labels[:count])
+        return data.StageData(info, split, unlabeled_source=split)
+
     label_config = pseudo_labels.LabelConfig(min_confidence=0.0, per_class=0, batch_size=b)
     # once to warm up (tracing), then timed into a fresh folder
-    pseudo_labels.label_shards(classifier, info, unlabeled, range(min(n, 2 * b)), [0], 1,
-                               label_config, os.path.join(tmp, "warm"), {})
+    pseudo_labels.label_shards(classifier, unlabeled(min(n, 2 * b)), [0], 1, label_config,
+                               os.path.join(tmp, "warm"), {})
     start = time.perf_counter()
-    stats = pseudo_labels.label_shards(classifier, info, unlabeled, range(n), [0], 1,
-                                       label_config, os.path.join(tmp, "pl"), {})
+    stats = pseudo_labels.label_shards(classifier, unlabeled(n), [0], 1, label_config,
+                                       os.path.join(tmp, "pl"), {})
     seconds = time.perf_counter() - start
     return pseudo_labels.load_pseudo_labels(os.path.join(tmp, "pl")), {
         "images_per_second": n / seconds, "records_written": stats[0]["records"],

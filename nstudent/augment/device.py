@@ -101,7 +101,8 @@ def _translation(tx, ty):
 
 
 class DeviceNoise(keras.layers.Layer):
-    """Per-image RandAugment, random flip and padded crop on a [B, H, W, C] batch.
+    """Per-image RandAugment, random flip and a padded crop (or, with `crop_scale`, an
+    Inception-style random resized crop) on a [B, H, W, C] batch.
 
     Input pixels in [0, 255], any dtype; output float32 in [0, 255]. At
     inference (training=False) it only casts.

@@ -24,6 +24,7 @@ from nstudent.augment import make_randaugment
 
 AUTOTUNE = tf.data.AUTOTUNE
 MEMORY_CACHE_BUDGET = 0.25  # cache=auto: at most this fraction of RAM
+STREAM_SHUFFLE_BUFFER = 1024  # decoded images buffered when the source already shuffles
 RANDOM_RESIZED_KEEP = 2  # random_resized caches images with sides up to 2x the resolution
 
 
@@ -137,8 +138,7 @@ def _disk_cache_file():
     return tempfile.mktemp(dir=_cache_dirs[0])
 
 
-def _cache(ds, config, num_examples, channels):
-    mode = resolve_cache(config, num_examples, channels)
+def _cache(ds, mode, num_examples):
     if mode != "none":
         logging.info("Caching %s prepared images in %s.", num_examples or "the", mode)
     if mode == "memory":
@@ -149,11 +149,13 @@ def _cache(ds, config, num_examples, channels):
 
 
 def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat=True,
-                  num_examples=None):
+                  num_examples=None, shuffled=False):
     """Shuffled, repeated, noisy batches from (uint8 image, int or soft label) examples.
 
     `augment=False` gives clean batches: the evaluation preprocessing, shuffled.
     `num_examples` lets cache=auto decide whether the prepared set fits in memory.
+    `shuffled`: the examples come reshuffled every pass (Split.dataset(shuffle_seed=)),
+    so without a cache a small buffer suffices and the first batch comes at once.
     """
     channels = examples.element_spec[0].shape[-1]
     if augment:
@@ -162,8 +164,11 @@ def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat
         ds = examples.map(lambda x, y: (preprocess_eval(x, config.image_size,
                                                         config.eval_crop_fraction), y),
                           num_parallel_calls=AUTOTUNE)
-    ds = _cache(ds, config, num_examples, channels)
-    ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    cache = resolve_cache(config, num_examples, channels)
+    ds = _cache(ds, cache, num_examples)
+    buffer = (min(config.shuffle_buffer, STREAM_SHUFFLE_BUFFER) if shuffled and
+              cache == "none" else config.shuffle_buffer)
+    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     if augment and config.randaugment_impl == "device":

@@ -30,6 +30,7 @@ FASHION_MNIST_CLASSES = (
     "sandal", "shirt", "sneaker", "bag", "ankle boot")
 DATASET_INFO_FILE = "dataset_info.json"
 UNLABELED = -1  # the label of an example whose source has none
+SHUFFLE_BEFORE_DECODE = 65536  # records shuffled before decoding (paths: cheap)
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -61,10 +62,12 @@ class Split:
     def has_labels(self):
         return bool(len(self.labels)) and bool(np.all(self.labels >= 0))
 
-    def dataset(self, indices=None, with_index=False, encoded=False):
+    def dataset(self, indices=None, with_index=False, encoded=False, shuffle_seed=None):
         """(uint8 image, int64 label[, int64 index]) at `indices` (all: None), in split
         order; unreadable files skipped when the source was opened to skip them.
-        `encoded`: the source's encoded bytes instead of the decoded image."""
+        `encoded`: the source's encoded bytes instead of the decoded image.
+        `shuffle_seed`: shuffled anew every pass, before decoding (a folder shuffles
+        its paths), so training needs no large buffer of decoded images."""
         indices = (np.arange(len(self), dtype=np.int64) if indices is None
                    else np.sort(np.asarray(indices, np.int64)))
         labels = tf.constant(self.labels, tf.int64)
@@ -75,7 +78,11 @@ class Split:
                 image = self.to_bytes(payload)
             return image, ok, index
 
-        ds = self.read(indices).map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = self.read(indices)
+        if shuffle_seed is not None:
+            ds = ds.shuffle(min(len(indices), SHUFFLE_BEFORE_DECODE), seed=shuffle_seed,
+                            reshuffle_each_iteration=True)
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.filter(lambda image, ok, index: ok)
         if self.corrupt is None:  # nothing is skipped: the length is known (Keras uses it)
             ds = ds.apply(tf.data.experimental.assert_cardinality(len(indices)))

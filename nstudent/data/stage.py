@@ -34,13 +34,15 @@ class StageData:
     def labeled_indices(self):
         return self._subset[0]
 
-    def labeled(self, batch_size=None):
-        """(uint8 image, label) of the labeled subset; it must fill one batch."""
+    def labeled(self, batch_size=None, shuffle=False):
+        """(uint8 image, label) of the labeled subset, shuffled before decoding every pass
+        with `shuffle`; it must fill one batch."""
         n = len(self.labeled_indices)
         if batch_size and n < batch_size:
             raise DataError(f"Only {n} labeled examples for batch size {batch_size}; "
                             "lower --batch_size.")
-        return self.train.dataset(self.labeled_indices)
+        return self.train.dataset(self.labeled_indices,
+                                  shuffle_seed=self.seed if shuffle else None)
 
     @property
     def unlabeled(self):

@@ -7,6 +7,7 @@ one; a finished artifact the manifest does not list yet (a kill between the
 two writes) is adopted, not redone.
 """
 
+import json
 import os
 import time
 
@@ -19,6 +20,7 @@ class Manifest:
     def __init__(self, out_dir, config):
         """Opens or starts <out_dir>/manifest.json for a run of `config` (a dict)."""
         self.path = os.path.join(out_dir, MANIFEST)
+        config = json.loads(json.dumps(config))  # as stored: tuples become lists
         if os.path.exists(self.path):
             self.data = read_json(self.path)
             old = self.data["config"]

@@ -74,7 +74,7 @@ def recalibrate_batch_norm(network, image_batches, max_batches=100):
         for images in image_batches:
             if count >= max_batches:
                 break
-            values = forward(trainable, non_trainable, images)
+            values = forward(trainable, non_trainable, np.asarray(images))
             for total, pos in zip(sums, positions):
                 total += np.asarray(values[pos], np.float64)
             count += 1

@@ -83,7 +83,7 @@ def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_confi
                  len(network.trainable_weights))
 
     batch = input_config.batch_size
-    labeled = stage_data.labeled(batch)
+    labeled = stage_data.labeled(batch, shuffle=True)
     count = len(stage_data.labeled_indices)
     steps = train_config.steps_per_epoch or count // batch
     # the source's evaluation preprocessing (square resize or centre crop) at the new size
@@ -92,7 +92,7 @@ def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_confi
         input_config, image_size=image_size, crop="random_resized" if crop else "pad",
         center_crop=crop or input_config.center_crop)
     train_ds = data.train_dataset(labeled, info.num_classes, input_config, augment=False,
-                                  seed=stage_data.seed, num_examples=count)
+                                  seed=stage_data.seed, num_examples=count, shuffled=True)
     compile_for_training(network, train_config, steps)
     history, epoch_seconds = fit(network, train_ds, steps, train_config.epochs,
                                  os.path.join(out_dir, "logs"))

@@ -64,13 +64,13 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
     if pseudo.records < pseudo_batch:
         raise data.DataError(f"Only {pseudo.records} pseudo-labeled images for a pseudo "
                              f"batch of {pseudo_batch}; lower --batch_size.")
-    labeled = stage_data.labeled(batch)
+    labeled = stage_data.labeled(batch, shuffle=True)
     count = len(stage_data.labeled_indices)
     steps = train_config.steps_per_epoch or pseudo.records // pseudo_batch
     logging.info("Student: %d labeled + %d pseudo-labeled images, batches %d + %d, "
                  "%d steps per epoch.", count, pseudo.records, batch, pseudo_batch, steps)
     labeled_ds = data.train_dataset(labeled, info.num_classes, input_config, seed=seed,
-                                    num_examples=count)
+                                    num_examples=count, shuffled=True)
     pseudo_config = dataclasses.replace(input_config, batch_size=pseudo_batch)
     pseudo_ds = data.train_dataset(pseudo.dataset(), info.num_classes, pseudo_config,
                                    seed=seed + 1, num_examples=pseudo.records)

@@ -15,13 +15,13 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
     """Returns the metrics dict written to <out_dir>/metrics.json."""
     start = time.time()
     info, batch = stage_data.info, input_config.batch_size
-    labeled = stage_data.labeled(batch)
+    labeled = stage_data.labeled(batch, shuffle=True)
     count = len(stage_data.labeled_indices)
     logging.info("%d labeled and %d unlabeled training examples, %d classes, %d test.",
                  count, stage_data.unlabeled_count, info.num_classes, len(stage_data.test))
     steps = train_config.steps_per_epoch or count // batch
     train_ds = data.train_dataset(labeled, info.num_classes, input_config,
-                                  seed=stage_data.seed, num_examples=count)
+                                  seed=stage_data.seed, num_examples=count, shuffled=True)
     model_config, network = models.build_with_weights(model_config, init_weights)
     logging.info("EfficientNet-%s: %d parameters, %d px, %d blocks.", model_config.variant,
                  network.count_params(), model_config.resolved_image_size,
