@@ -87,8 +87,10 @@ class Split:
         if self.corrupt is None:  # nothing is skipped: the length is known (Keras uses it)
             ds = ds.apply(tf.data.experimental.assert_cardinality(len(indices)))
         if with_index:
-            return ds.map(lambda image, ok, i: (image, tf.gather(labels, i), i))
-        return ds.map(lambda image, ok, i: (image, tf.gather(labels, i)))
+            ds = ds.map(lambda image, ok, i: (image, tf.gather(labels, i), i))
+        else:
+            ds = ds.map(lambda image, ok, i: (image, tf.gather(labels, i)))
+        return ds.with_options(_FUSED)
 
     def skipped_files(self):
         return self.corrupt.paths if self.corrupt else []
@@ -115,6 +117,11 @@ def check_labels(labels, num_classes, where):
         raise DataError(
             f"{where}: label {int(labels[i])} of example {i} is outside the class "
             f"range [0, {num_classes}) ({bad.size} such labels).")
+
+
+_FUSED = tf.data.Options()  # decode, filter and relabel run as one function per image
+_FUSED.experimental_optimization.map_and_filter_fusion = True
+_FUSED.experimental_optimization.map_fusion = True
 
 
 def _mask_filter(ds, indices, total):
