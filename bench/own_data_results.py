@@ -26,6 +26,10 @@ flags.DEFINE_string("out", None, "Folder for the runs (finished runs are reused)
                     required=True)
 flags.DEFINE_integer("teacher_epochs", 40, "Teacher epochs.")
 flags.DEFINE_integer("test_resolution", 40, "fixres: the higher test resolution.")
+flags.DEFINE_list("more_test_resolutions", [], "fixres: further resolutions tested "
+                  "without fine-tuning.")
+flags.DEFINE_list("extra_flags", [], "fixres: more flags for train.py and finetune.py, "
+                  "e.g. --stem_stride=1.")
 flags.DEFINE_list("crop_scale", ["0.25", "1.0"], "fixres: random_resized area range.")
 flags.DEFINE_integer("labels_per_class", 100, "separate_source: labels per class.")
 flags.DEFINE_integer("student_epochs", 3, "separate_source: student epochs.")
@@ -46,7 +50,8 @@ def _print(**row):
 
 def fixres(out):
     teacher = os.path.join(out, "teacher_random_resized")
-    crop = ["--crop=random_resized", f"--crop_scale={','.join(FLAGS.crop_scale)}"]
+    crop = ["--crop=random_resized", f"--crop_scale={','.join(FLAGS.crop_scale)}",
+            *FLAGS.extra_flags]
     run_tool("train.py", TEACHER, *crop, f"--epochs={FLAGS.teacher_epochs}",
              f"--out={teacher}")
     m = read_metrics(teacher)
@@ -57,14 +62,19 @@ def fixres(out):
     run_tool("finetune.py", TEACHER, *crop, f"--run={teacher}",
              f"--finetune_resolution={high}")
     tuned = read_metrics(os.path.join(teacher, f"finetuned_{high}"))
+    more = [(r, _evaluate(teacher, os.path.join(out, f"eval_{r}.json"), "--prefer=keras",
+                          f"--image_size={r}")["top1"])
+            for r in map(int, FLAGS.more_test_resolutions)]
     rows = [("trained", size, at_train["top1"], m["seconds_total"]),
             ("no fine-tuning", high, at_high["top1"], 0.0),
+            *[("no fine-tuning", r, top1, 0.0) for r, top1 in more],
             ("fine-tuned (frozen shallow layers, no augmentation)", high,
              tuned["test_top1"], tuned["seconds_total"])]
     for name, res, top1, seconds in rows:
         _print(bench="fixres", model=name, test_resolution=res, test_top1=round(top1, 4),
                train_resolution=size, crop_scale=FLAGS.crop_scale,
-               teacher_epochs=m["epochs"], seconds=round(seconds, 1))
+               teacher_epochs=m["epochs"], seconds=round(seconds, 1),
+               stem_stride=m["model"]["stem_stride"])
 
 
 def _write_unlabeled_folder(folder, labels_per_class, seed=0):

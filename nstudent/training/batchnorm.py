@@ -18,14 +18,14 @@ from absl import logging
 
 
 def _trainable_batch_norms(network):
-    return [l for l in network._flatten_layers(include_self=False)
+    return [l for l in network.layers
             if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
 
 
 @contextlib.contextmanager
 def _statistics_mode(network, norms):
     """momentum 0 (the moving stats become this batch's) and no dropout, restored after."""
-    drops = [l for l in network._flatten_layers(include_self=False)
+    drops = [l for l in network.layers
              if isinstance(l, keras.layers.Dropout)]
     saved = [(l, "momentum", l.momentum) for l in norms] + [(l, "rate", l.rate) for l in drops]
     for layer, attr, _ in saved:

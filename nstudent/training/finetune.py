@@ -14,7 +14,7 @@ from absl import logging
 
 from nstudent import data, models
 from nstudent.evaluation import load_classifier
-from nstudent.training.runs import finish_run
+from nstudent.training.runs import finish_run, images_only
 from nstudent.training.supervised import compile_for_training, fit
 
 STEM_LAYERS = ("rescale", "stem_conv", "stem_bn", "stem_activation")
@@ -98,7 +98,7 @@ def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_confi
                                  os.path.join(out_dir, "logs"))
     return finish_run(
         out_dir, network, config, stage_data, input_config, train_config,
-        labeled.map(lambda x, y: x), start, history, epoch_seconds, batch, steps, {
+        labeled.map(images_only), start, history, epoch_seconds, batch, steps, {
             "stage": "finetune", "source": os.path.abspath(run_dir),
             "resolution": image_size, "frozen_blocks": blocks, "frozen_layers": frozen,
             "labeled_examples": int(count),

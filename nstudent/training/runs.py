@@ -3,6 +3,7 @@
 import dataclasses
 import platform
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -21,6 +22,12 @@ def versions():
             "numpy": np.__version__}
 
 
+def images_only(image, label):
+    """(image, label) -> image: what batch-norm statistics are recomputed on."""
+    del label
+    return image
+
+
 def finish_run(out_dir, network, model_config, stage_data, input_config, train_config,
                clean_images, start, history, epoch_seconds, images_per_step, steps,
                metrics):
@@ -34,7 +41,11 @@ def finish_run(out_dir, network, model_config, stage_data, input_config, train_c
     if not getattr(network, "compiled", False):  # a student's network, trained wrapped
         network.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                         metrics=classification_metrics())
-    scores = network.evaluate(test_ds, verbose=0, return_dict=True)
+    with warnings.catch_warnings():
+        # evaluate reads the test stream to its end on purpose; with skipped files its
+        # length is unknown and Keras would warn that the input "ran out of data"
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        scores = network.evaluate(test_ds, verbose=0, return_dict=True)
     steady = float(np.median(epoch_seconds[1:] or epoch_seconds))  # without tracing
     metrics = dict(
         metrics, test_top1=float(scores["top1"]), test_top5=float(scores["top5"]),

@@ -14,7 +14,7 @@ from absl import logging
 from nstudent import data, models
 from nstudent.evaluation import load_classifier
 from nstudent.training.optim import make_optimizer
-from nstudent.training.runs import finish_run
+from nstudent.training.runs import finish_run, images_only
 from nstudent.training.steps import NoisyStudent, with_device_noise
 from nstudent.training.supervised import fit, parse_jit
 
@@ -98,7 +98,7 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
         jit_compile=parse_jit(train_config.jit_compile))
     history, epoch_seconds = fit(student, train_ds, steps, train_config.epochs,
                                  f"{out_dir}/logs")
-    clean = labeled.map(lambda x, y: x).concatenate(pseudo.dataset().map(lambda x, y: x))
+    clean = labeled.map(images_only).concatenate(pseudo.dataset().map(images_only))
     return finish_run(
         out_dir, network, model_config, stage_data, input_config, train_config, clean,
         start, history, epoch_seconds, batch + pseudo_batch, steps, {

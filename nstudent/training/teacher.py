@@ -5,7 +5,7 @@ import time
 from absl import logging
 
 from nstudent import data, models
-from nstudent.training.runs import finish_run
+from nstudent.training.runs import finish_run, images_only
 from nstudent.training.steps import with_device_noise
 from nstudent.training.supervised import compile_for_training, fit
 
@@ -33,7 +33,7 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
                                  f"{out_dir}/logs")
     return finish_run(
         out_dir, network, model_config, stage_data, input_config, train_config,
-        labeled.map(lambda x, y: x), start, history, epoch_seconds, batch, steps, {
+        labeled.map(images_only), start, history, epoch_seconds, batch, steps, {
             "stage": "teacher", "labeled_examples": int(count),
             "unlabeled_examples": int(stage_data.unlabeled_count), "jit_compile": jit,
             "init_weights": init_weights,
