@@ -65,7 +65,8 @@ class Split:
     def dataset(self, indices=None, with_index=False, encoded=False, shuffle_seed=None):
         """(uint8 image, int64 label[, int64 index]) at `indices` (all: None), in split
         order; unreadable files skipped when the source was opened to skip them.
-        `encoded`: the source's encoded bytes instead of the decoded image.
+        `encoded`: the source's encoded bytes as stored, neither decoded nor checked
+        (for rows already read once, as the labeler writes the images it labeled).
         `shuffle_seed`: shuffled anew every pass, before decoding (a folder shuffles
         its paths), so training needs no large buffer of decoded images."""
         indices = (np.arange(len(self), dtype=np.int64) if indices is None
@@ -73,9 +74,9 @@ class Split:
         labels = tf.constant(self.labels, tf.int64)
 
         def decode(payload, index):
-            image, ok = self.decode(payload)
             if encoded:
-                image = self.to_bytes(payload)
+                return self.to_bytes(payload), tf.constant(True), index
+            image, ok = self.decode(payload)
             return image, ok, index
 
         ds = self.read(indices)
