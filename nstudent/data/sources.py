@@ -53,7 +53,6 @@ class Split:
     decode: Callable
     to_bytes: Optional[Callable] = None
     corrupt: Optional[CorruptLog] = None  # files skipped while streaming
-    source: str = ""
 
     def __len__(self):
         return len(self.labels)
@@ -162,7 +161,7 @@ def in_memory_split(name, images, labels):
     labels = np.asarray(labels).astype(np.int64)
     return Split(name, labels,
                  read=lambda idx: tf.data.Dataset.from_tensor_slices((images[idx], idx)),
-                 decode=lambda image: (image, tf.constant(True)), source="memory")
+                 decode=lambda image: (image, tf.constant(True)))
 
 
 def fashion_mnist(split_names, directory=DEBIAN_FASHION_MNIST, tfds_data_dir=None):
@@ -228,8 +227,7 @@ def _tfds_split(builder, split, channels, labels):
     return Split(split, labels,
                  read=lambda idx: _mask_filter(records(), idx, total).map(
                      lambda ex, i: (ex["image"], i)),
-                 decode=_decoder(channels), to_bytes=lambda b: b,
-                 source=f"tfds:{builder.name}:{split}")
+                 decode=_decoder(channels), to_bytes=lambda b: b)
 
 
 def tfds_dataset(name, split_names, data_dir=None, download=False):
@@ -309,7 +307,7 @@ def folder_split(name, paths, labels, channels, skip_corrupt=False, verify=False
     return Split(name, np.asarray(labels, np.int64),
                  read=lambda idx: tf.data.Dataset.from_tensor_slices((paths[idx], idx)),
                  decode=lambda path: decode_file(path, channels, log),
-                 to_bytes=tf.io.read_file, corrupt=log, source=f"folder:{where}")
+                 to_bytes=tf.io.read_file, corrupt=log)
 
 
 def image_folder(root, split_names, channels=3, skip_corrupt=False, verify=False):
@@ -371,8 +369,7 @@ def _tfrecord_split(name, files, channels, labels):
         ds = _mask_filter(tf.data.TFRecordDataset(files), idx, total)
         return ds.map(lambda r, i: (tf.io.parse_single_example(r, IMAGE_FEATURE)["image"], i))
 
-    return Split(name, labels, read=read, decode=_decoder(channels), to_bytes=lambda b: b,
-                 source=f"tfrecord:{files[0]}")
+    return Split(name, labels, read=read, decode=_decoder(channels), to_bytes=lambda b: b)
 
 
 def _read_records(files, what):
