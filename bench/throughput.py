@@ -243,30 +243,32 @@ def _label_with_shards(teacher, config, n, b):
     """The real stage: load the exported teacher, label, select, write shards."""
     from nstudent import data, export, pseudo_labels
     from nstudent.data.sources import in_memory_split
-    from nstudent.evaluation import load_classifier
 
     tmp = tempfile.mkdtemp(prefix="nstudent-throughput-")
     info = data.DatasetInfo("synthetic", FLAGS.num_classes, FLAGS.channels,
                             tuple(str(i) for i in range(FLAGS.num_classes)))
     export.write_run(os.path.join(tmp, "teacher"), teacher, config, info, {})
-    classifier = load_classifier(os.path.join(tmp, "teacher"), prefer="keras")
     images, labels = _random_uint8(n, seed=1)
     def unlabeled(count):  # the first `count` images as a separate unlabeled source
         split = in_memory_split("unlabeled", images[:count], labels[:count])
         return data.StageData(info, split, unlabeled_source=split)
 
     label_config = pseudo_labels.LabelConfig(min_confidence=0.0, per_class=0, batch_size=b)
-    # once to warm up (tracing), then timed into a fresh folder
-    pseudo_labels.label_shards(classifier, unlabeled(min(n, 2 * b)), [0], 1, label_config,
-                               os.path.join(tmp, "warm"), {})
+    teacher_path = os.path.join(tmp, "teacher")
+
+    def label(count, out):  # both phases: label, then select and write
+        stage_data = unlabeled(count)
+        return pseudo_labels.pseudo_label(teacher_path, stage_data, label_config,
+                                          os.path.join(tmp, out))
+
+    label(min(n, 2 * b), "warm")  # once to warm up (tracing), then timed
     start = time.perf_counter()
-    stats = pseudo_labels.label_shards(classifier, unlabeled(n), [0], 1, label_config,
-                                       os.path.join(tmp, "pl"), {})
+    stats = label(n, "pl")
     seconds = time.perf_counter() - start
+    shard = pseudo_labels.LabelShard(os.path.join(tmp, "pl"), 0, 1).stats()
     return pseudo_labels.load_pseudo_labels(os.path.join(tmp, "pl")), {
-        "images_per_second": n / seconds, "records_written": stats[0]["records"],
-        "inference_only_images_per_second": round(
-            stats[0]["images_per_second_labeling"], 1)}
+        "images_per_second": n / seconds, "records_written": stats["records"],
+        "labeling_phase_images_per_second": round(shard["images_per_second_this_run"], 1)}
 
 
 def _label_in_memory(teacher, config, n, b):

@@ -120,6 +120,9 @@ def define_pseudo_label_flags():
                          "(most confident first) and repeat images of classes with fewer. "
                          "0: the mean count per class after filtering.")
     flags.DEFINE_integer("label_batch_size", 512, "Inference batch size of the teacher.")
+    flags.DEFINE_integer("label_chunk_size", 16384, "Images per chunk of a labeling shard: "
+                         "each chunk is saved as it finishes, and a killed shard resumes "
+                         "at its first missing chunk.")
 
 
 def label_config():
@@ -127,7 +130,7 @@ def label_config():
 
     return LabelConfig(hard=FLAGS.hard_labels, temperature=FLAGS.temperature,
                        min_confidence=FLAGS.min_confidence, per_class=FLAGS.per_class,
-                       batch_size=FLAGS.label_batch_size)
+                       batch_size=FLAGS.label_batch_size, chunk_size=FLAGS.label_chunk_size)
 
 
 def define_student_flags():
@@ -160,6 +163,8 @@ def load_dataset(split_names=None):
     """The --dataset's splits: --train_split and --test_split unless named."""
     if FLAGS.channels not in (1, 3):
         raise data.DataError(f"--channels must be 1 or 3, got {FLAGS.channels}.")
+    if "min_confidence" in FLAGS:
+        label_config()  # raises on a bad --temperature, --min_confidence, sizes
     return data.load(
         FLAGS.dataset, split_names or (FLAGS.train_split, FLAGS.test_split),
         channels=FLAGS.channels,
@@ -228,6 +233,8 @@ def validate_flags():
         raise data.DataError(f"--init_weights: no file at {FLAGS.init_weights!r}.")
     if FLAGS.channels not in (1, 3):
         raise data.DataError(f"--channels must be 1 or 3, got {FLAGS.channels}.")
+    if "min_confidence" in FLAGS:
+        label_config()  # raises on a bad --temperature, --min_confidence, sizes
 
 
 def run_stage(stage, validate=True):

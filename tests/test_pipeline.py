@@ -72,9 +72,36 @@ def test_pipeline_resumes_after_a_kill_between_generations(toy_folder, tmp_path)
         for name in ("saved_model/saved_model.pb", "model.keras", "metrics.json"):
             assert os.path.exists(os.path.join(out, g, name)), (g, name)
     assert "| 2 | student |" in result.stdout and "teacher (gen0) test top-1" in result.stdout
+    _check_gen2_learned_from_gen1(out)
     with open(os.path.join(out, "accuracy.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert not [f for f in os.listdir(out) if ".tmp-" in f]
+
+
+def _check_gen2_learned_from_gen1(out):
+    """gen2's pseudo-labels were made by gen1 (recorded, and each label is gen1's
+    softmax for that very image, not gen0's), and gen2 trained on them."""
+    import numpy as np
+
+    from nstudent.data.decode import decode
+    from nstudent.data.pipeline import preprocess_eval
+    from nstudent.evaluation import load_classifier
+    from nstudent.pseudo_labels import read_records, soften
+
+    labels = os.path.join(out, "pseudo_labels_for_gen2")
+    stats = json.load(open(os.path.join(labels, "stats.json")))
+    assert stats["settings"]["teacher"] == os.path.join(out, "gen1")
+    student = json.load(open(os.path.join(out, "gen2", "metrics.json")))
+    assert student["pseudo_labels"] == labels
+    assert student["teacher"] == os.path.join(out, "gen1")
+    records = read_records(labels)[:32]
+    images = np.stack([np.asarray(preprocess_eval(decode(r["image"], 1), 16))
+                       for r in records]).astype(np.float32)
+    stored = np.stack([r["label"] for r in records])
+    gen0, gen1 = (load_classifier(os.path.join(out, g), prefer="keras") for g in
+                  ("gen0", "gen1"))
+    np.testing.assert_allclose(stored, soften(gen1.logits(images)), atol=1e-4)
+    assert np.abs(stored - soften(gen0.logits(images))).max() > 1e-3
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -87,14 +114,19 @@ def test_pseudo_label_and_student_tools(toy_folder, tmp_path, backend):
     result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}", f"--out={labels}",
                       "--num_shards=2", "--shard_index=1", backend=backend)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Shards still to label: 0 of 2" in result.stderr
     result = run_tool("train.py", *flags, f"--pseudo_labels={labels}", f"--out={student}",
                       backend=backend)
-    assert result.returncode == 2 and "Shard 0 of 2" in result.stderr  # not labeled yet
+    assert result.returncode == 2 and "stats.json is missing" in result.stderr  # not yet
     assert not os.path.exists(student)
+    result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}", f"--out={labels}",
+                      "--num_shards=2", "--phase=select", backend=backend)
+    assert result.returncode == 2 and "shard 0 (not started)" in result.stderr
     result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}", f"--out={labels}",
                       "--num_shards=2", backend=backend)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Shard 1 of 2 is already complete; skipped" in result.stderr
+    assert "Shard 1 of 2 is already labeled; skipped" in result.stderr
+    assert "| class | predicted | above threshold |" in result.stderr
     result = run_tool("train.py", *flags, f"--pseudo_labels={labels}", f"--out={student}",
                       backend=backend)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,7 +140,71 @@ def test_pseudo_label_bad_input(toy_folder, tmp_path):
     flags = _flags(toy_folder, "unused")[:-2]
     result = run_tool("pseudo_label.py", *flags, "--teacher=/no/such/run",
                       f"--out={tmp_path}/pl")
-    assert result.returncode == 2 and "No model at '/no/such/run'" in result.stderr
+    assert result.returncode == 2 and "no model at '/no/such/run'" in result.stderr
+    result = run_tool("pseudo_label.py", *flags, "--teacher=/no/such/run",
+                      f"--out={tmp_path}/pl", "--num_shards=4", "--shard_index=4")
+    assert result.returncode == 2 and "--shard_index=4 is outside [0, 4)" in result.stderr
+    assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "pl")
     result = run_tool("train.py", *flags, f"--pseudo_labels={tmp_path}/none",
                       f"--out={tmp_path}/s")
     assert result.returncode == 2 and "No pseudo-label folder" in result.stderr
+
+
+def _write_unlabeled_pngs(root, n, size=16, seed=0):
+    import numpy as np
+    import tensorflow as tf
+
+    root.mkdir()
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, size, size, 1), np.uint8)
+    for i in range(n):
+        (root / f"{i:05d}.png").write_bytes(tf.io.encode_png(pixels[i]).numpy())
+
+
+def test_labeling_killed_mid_shard_resumes_at_its_last_chunk(toy_folder, tmp_path):
+    """SIGKILL during labeling; the same command resumes at the first missing chunk
+    and ends with exactly the records of an uninterrupted run."""
+    import numpy as np
+
+    from conftest import TINY
+    from nstudent import data, export, models
+    from nstudent.pseudo_labels import read_records
+
+    config = models.ModelConfig(**TINY)
+    model = models.build_efficientnet(config)
+    teacher = str(tmp_path / "teacher")
+    export.write_run(teacher, model, config, data.DatasetInfo("toy", 4, 1, CLASSES), {})
+    _write_unlabeled_pngs(tmp_path / "unlabeled", 6000)
+    flags = [f"--dataset=folder:{toy_folder}", f"--unlabeled_dataset=folder:{tmp_path}/"
+             "unlabeled", "--channels=1", f"--teacher={teacher}", "--min_confidence=0",
+             "--label_chunk_size=100", "--label_batch_size=20"]
+    killed = str(tmp_path / "killed")
+    chunks = os.path.join(killed, "labels", "shard-00000-of-00001")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"),
+                             *flags, f"--out={killed}"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finished():
+        return sorted(f for f in os.listdir(chunks) if f.endswith(".npz")) if os.path.isdir(
+            chunks) else []
+
+    deadline = time.time() + 300
+    while len(finished()) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {f: os.stat(os.path.join(chunks, f)).st_mtime_ns for f in finished()}
+    assert 3 <= len(before) < 60, f"killed after {len(before)} of 60 chunks"
+    assert not os.path.exists(os.path.join(killed, "stats.json"))
+
+    result = run_tool("pseudo_label.py", *flags, f"--out={killed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming at chunk {len(before) + 1} of 60" in result.stderr
+    assert {f: os.stat(os.path.join(chunks, f)).st_mtime_ns for f in before} == before
+    result = run_tool("pseudo_label.py", *flags, f"--out={tmp_path}/whole")
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = read_records(killed), read_records(str(tmp_path / "whole"))
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):  # same records in the same seeded order
+        assert (x["index"], x["copies"], x["image"]) == (y["index"], y["copies"], y["image"])
+        np.testing.assert_allclose(x["label"], y["label"], atol=1e-6)

@@ -9,7 +9,6 @@ import tensorflow as tf
 
 from conftest import random_images, toy_dataset
 from nstudent import data, export, models, pseudo_labels, training
-from nstudent.evaluation import load_classifier
 from nstudent.training import NoisyStudent
 
 
@@ -63,14 +62,11 @@ def test_student_trains_exports_and_warns_when_smaller(tmp_path, tiny_config, ca
     teacher = models.build_efficientnet(teacher_config)
     export.write_run(str(tmp_path / "teacher"), teacher, teacher_config, info,
                      {"parameters": teacher.count_params()})
-    classifier = load_classifier(str(tmp_path / "teacher"))
     stage_data = data.StageData(info, splits["train"], splits["test"], labels_per_class=4,
                                 dataset="toy")
     config = pseudo_labels.LabelConfig(min_confidence=0.0)
-    pseudo_labels.label_shards(
-        classifier, stage_data, [0], 1, config, str(tmp_path / "pl"),
-        pseudo_labels.teacher_settings(classifier, str(tmp_path / "teacher"), stage_data,
-                                       config))
+    pseudo_labels.pseudo_label(str(tmp_path / "teacher"), stage_data, config,
+                               str(tmp_path / "pl"))
     pl = pseudo_labels.load_pseudo_labels(str(tmp_path / "pl"))
     input_config = data.InputConfig(image_size=16, batch_size=4, randaugment_magnitude=5)
     with caplog.at_level(logging.WARNING):

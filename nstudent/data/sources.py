@@ -53,6 +53,7 @@ class Split:
     decode: Callable
     to_bytes: Optional[Callable] = None
     corrupt: Optional[CorruptLog] = None  # files skipped while streaming
+    pixels: bool = False  # read() yields decoded images that cannot fail (arrays)
 
     def __len__(self):
         return len(self.labels)
@@ -91,6 +92,17 @@ class Split:
         else:
             ds = ds.map(lambda image, ok, i: (image, tf.gather(labels, i)))
         return ds.with_options(_FUSED)
+
+    def batches(self, indices, batch_size):
+        """Batches of (uint8 images, int64 labels, int64 indices) at `indices`, in split
+        order. Arrays are sliced a batch at a time, with no work per image: the fast
+        path for a whole set (pseudo-labeling); other sources batch `dataset()`."""
+        if not self.pixels:
+            return self.dataset(indices, with_index=True).batch(batch_size)
+        indices = np.sort(np.asarray(indices, np.int64))
+        labels = tf.constant(self.labels, tf.int64)
+        return self.read(indices).batch(batch_size).map(
+            lambda x, i: (x, tf.gather(labels, i), i))
 
     def skipped_files(self):
         return self.corrupt.paths if self.corrupt else []
@@ -161,7 +173,7 @@ def in_memory_split(name, images, labels):
     labels = np.asarray(labels).astype(np.int64)
     return Split(name, labels,
                  read=lambda idx: tf.data.Dataset.from_tensor_slices((images[idx], idx)),
-                 decode=lambda image: (image, tf.constant(True)))
+                 decode=lambda image: (image, tf.constant(True)), pixels=True)
 
 
 def fashion_mnist(split_names, directory=DEBIAN_FASHION_MNIST, tfds_data_dir=None):

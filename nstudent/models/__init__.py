@@ -5,3 +5,4 @@ from nstudent.models.efficientnet import (  # noqa: F401
 from nstudent.models.layers import stochastic_depth  # noqa: F401
 from nstudent.models.pretrained import (  # noqa: F401
     PretrainedWeights, build_with_weights, load_pretrained)
+from nstudent.models.inference import inference_network  # noqa: F401

@@ -107,7 +107,7 @@ def _done(step, path):
         return export.is_finished(path)
     if step.kind == "robustness":
         return os.path.exists(os.path.join(path, ROBUSTNESS))
-    return True  # pseudo-label shards: label_shards checks each one
+    return True  # pseudo-labels: each phase checks its own files
 
 
 def run_pipeline(out_dir, stage_data, plan):
@@ -185,14 +185,12 @@ def _robustness(path, stage_data, plan):
 
 
 def _label(out_dir, gen, stage_data, plan, path):
+    """Both phases: every shard labeled by gen-1, then one global selection."""
     stats = pseudo_labels.pseudo_label(
         os.path.join(out_dir, f"gen{gen - 1}"), stage_data, plan.label, path,
         num_shards=plan.num_shards)
-    n = sum(s.get("images_read", s["images_in"]) for s in stats)
-    summary = {"records": sum(s["records"] for s in stats), "images_in": n,
-               "kept_after_filter": sum(s["kept_after_filter"] for s in stats)}
-    if all("agreement_with_dataset_labels" in s for s in stats):
-        summary["agreement_with_dataset_labels"] = sum(
-            s["agreement_with_dataset_labels"] * s.get("images_read", s["images_in"])
-            for s in stats) / n
+    summary = {k: stats[k] for k in ("records", "distinct_images", "images_read",
+                                      "above_threshold", "per_class")}
+    if "agreement_with_dataset_labels" in stats:
+        summary["agreement_with_dataset_labels"] = stats["agreement_with_dataset_labels"]
     return summary

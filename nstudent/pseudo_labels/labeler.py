@@ -1,9 +1,11 @@
-"""Runs a teacher clean over one shard of the unlabeled images and writes the shard.
+"""Phase 1: a teacher labels one shard of the unlabeled images, chunk by chunk.
 
 Clean means inference mode: no augmentation (images get the teacher's evaluation
-preprocessing only), no dropout, no stochastic depth, batch-norm moving statistics.
-The unlabeled images are the train split outside the labeled subset, or a
-separate source (--unlabeled_dataset); `StageData.unlabeled` says which.
+preprocessing only), no dropout, no stochastic depth, batch-norm moving
+statistics. The unlabeled images are the train split outside the labeled subset,
+or a separate source (--unlabeled_dataset); `StageData.unlabeled` says which.
+What a shard keeps per image (store.py) is all that selection (phase 2, writer.py)
+needs; memory holds one chunk, and a killed shard resumes at its last chunk.
 """
 
 import dataclasses
@@ -11,14 +13,17 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
-from nstudent.data.pipeline import preprocess_eval
 from nstudent.evaluation import load_classifier
 from nstudent.export.atomic import read_json
-from nstudent.pseudo_labels.selection import filter_and_balance, harden, soften
-from nstudent.pseudo_labels.shards import shard_is_complete, shard_paths, write_shard
+from nstudent.pseudo_labels.inference import TeacherInference
+from nstudent.pseudo_labels.selection import soften
+from nstudent.pseudo_labels.store import LabelShard, shard_rows
+
+# Settings that only the selection phase uses: changing them re-selects without
+# labeling again.
+SELECTION_KEYS = ("hard", "min_confidence", "per_class")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,122 +33,24 @@ class LabelConfig:
     min_confidence: float = 0.3
     per_class: int = 0  # K; 0: the mean count per class after filtering
     batch_size: int = 512
+    chunk_size: int = 16384  # images per resumable chunk of a shard
+
+    def __post_init__(self):
+        for name in ("batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{'label_' if name == 'batch_size' else ''}{name} must "
+                                 f"be at least 1, got {getattr(self, name)}.")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be positive, got {self.temperature}.")
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError(f"--min_confidence must be in [0, 1], got {self.min_confidence}.")
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
 
-def shard_indices(indices, shard_index, num_shards):
-    """Every num_shards-th example: shards see the same class mix, so they balance alike."""
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard_index={shard_index} is outside [0, {num_shards}).")
-    return np.asarray(indices)[shard_index::num_shards]
-
-
-def teacher_logits(classifier, split, indices, batch_size, progress=""):
-    """(logits, source indices) of the readable images at `indices`, in order, with
-    progress lines; an unreadable file skipped on the way is simply not in the result."""
-    size, crop = classifier.image_size, classifier.crop_fraction
-    # uint8 to the model: a quarter of float32's host-to-device copy; it casts there
-    ds = split.dataset(indices, with_index=True).map(
-        lambda x, y, i: (preprocess_eval(x, size, crop), i),
-        num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
-    out, kept, done, start, last = [], [], 0, time.time(), time.time()
-    for images, index in ds.as_numpy_iterator():
-        out.append(classifier.logits(images))
-        kept.append(index)
-        done += len(images)
-        if time.time() - last > 10:
-            last = time.time()
-            logging.info("%s%d images labeled (%.0f img/s)", progress, done,
-                         done / (last - start))
-    if not out:
-        return np.zeros((0, classifier.num_classes or 0), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(out), np.concatenate(kept)
-
-
-def label_shard(classifier, stage_data, shard_index, num_shards, config, out_dir,
-                settings):
-    """Labels, filters and balances shard `shard_index`; writes it; returns its stats.
-
-    K (config.per_class) is for the whole set: a shard keeps K / num_shards per
-    class. `settings` identifies the run (teacher, data) and is stored with
-    every shard so that shards of different runs are never mixed.
-    """
-    start = time.time()
-    info = stage_data.info
-    split, unlabeled = stage_data.unlabeled
-    requested = shard_indices(unlabeled, shard_index, num_shards)
-    if not len(requested):
-        raise ValueError(f"Shard {shard_index} of {num_shards} has no unlabeled images "
-                         f"({len(unlabeled)} in all).")
-    where = f"shard {shard_index + 1}/{num_shards}: "
-    logging.info("%slabeling %d images with %s", where, len(requested), classifier.path)
-    logits, indices = teacher_logits(classifier, split, requested, config.batch_size, where)
-    if not len(indices):
-        raise ValueError(f"Shard {shard_index} of {num_shards}: none of its "
-                         f"{len(requested)} images could be read.")
-    seconds_labeling = time.time() - start
-    confidence_probs = soften(logits, config.temperature)  # filter on the soft ones
-    probs = harden(confidence_probs) if config.hard else confidence_probs
-    per_class = -(-config.per_class // num_shards) if config.per_class > 0 else 0
-    selection = filter_and_balance(confidence_probs, config.min_confidence, per_class)
-    rows = selection.rows
-    predicted = np.argmax(confidence_probs, axis=-1)
-
-    # Write: the selected rows, each as often as it was chosen, in source order; the
-    # source's encoded bytes where it has them (a folder's JPEGs), else PNG.
-    copies = np.bincount(rows, minlength=len(indices))
-    keep = np.flatnonzero(copies)
-    if split.to_bytes is not None:
-        encoded = split.dataset(indices[keep], encoded=True).map(lambda b, _: b)
-    else:
-        encoded = split.dataset(indices[keep]).map(
-            lambda image, _: tf.io.encode_png(image), num_parallel_calls=tf.data.AUTOTUNE)
-    repeated = (png for png, n in zip(encoded.as_numpy_iterator(), copies[keep])
-                for _ in range(n))
-    order = np.repeat(keep, copies[keep])
-    stats = write_shard(out_dir, shard_index, num_shards, repeated, probs[order],
-                        confidence_probs[order].max(axis=-1), indices[order], {
-        "settings": settings, "num_classes": int(probs.shape[-1]),
-        "channels": info.channels, "class_names": list(info.class_names),
-        "images_in": int(len(requested)), "images_read": int(len(indices)),
-        "min_confidence": config.min_confidence,
-        "hard": config.hard, "temperature": config.temperature,
-        "kept_after_filter": int(sum(selection.counts_filtered)),
-        "distinct_images_written": int(len(keep)),
-        "unreadable_skipped": int(len(requested) - len(indices)),
-        "unreadable_first": split.skipped_files()[:10],
-        **_agreement(split, indices, predicted, rows),
-        "seconds_labeling": seconds_labeling,
-        "images_per_second_labeling": len(indices) / max(seconds_labeling, 1e-9),
-        **selection.stats()})
-    if stats["unreadable_skipped"]:
-        logging.warning("%sSkipped %d unreadable images (first: %s).", where,
-                        stats["unreadable_skipped"], ", ".join(stats["unreadable_first"][:3]))
-    agreement = stats.get("agreement_with_dataset_labels")
-    logging.info("%s%d images in, %d pass --min_confidence=%g, %d written (K=%d per "
-                 "class, %d distinct)%s; %.0f s", where, len(indices),
-                 stats["kept_after_filter"], config.min_confidence, stats["records"],
-                 selection.per_class, len(keep),
-                 "" if agreement is None else
-                 f"; teacher agrees with the dataset's labels on {100 * agreement:.1f}%",
-                 time.time() - start)
-    return stats
-
-
-def _agreement(split, indices, predicted, rows):
-    """How often the teacher agrees with the source's own (hidden) labels, where it has
-    them: the train split's rest has, a separate unlabeled collection has not."""
-    if not split.has_labels:
-        return {}
-    truth = split.labels[indices]
-    return {"agreement_with_dataset_labels": float(np.mean(predicted == truth)),
-            "agreement_after_selection": float(np.mean(predicted[rows] == truth[rows]))}
-
-
-def teacher_settings(classifier, teacher_path, stage_data, config):
-    """What makes a pseudo-label run itself; every shard stores it."""
+def teacher_settings(classifier, teacher_path, stage_data, config, num_shards=1):
+    """What makes a pseudo-label run itself; stored with every shard and the result."""
     metrics = os.path.join(os.path.abspath(teacher_path), "metrics.json")
     params = (read_json(metrics).get("parameters") if os.path.exists(metrics) else
               classifier.keras_model.count_params() if classifier.keras_model else None)
@@ -151,12 +58,113 @@ def teacher_settings(classifier, teacher_path, stage_data, config):
             "dataset": stage_data.dataset, "split": stage_data.train.name,
             "unlabeled_dataset": stage_data.unlabeled_spec or None,
             "labels_per_class": stage_data.labels_per_class, "seed": stage_data.seed,
+            "num_shards": num_shards,
             **{k: v for k, v in config.to_dict().items() if k != "batch_size"}}
 
 
-def label_shards(classifier, stage_data, shards, num_shards, config, out_dir, settings,
-                 overwrite=False):
-    """Labels each shard in `shards` unless it is already complete; returns all stats."""
+def labeling_settings(settings):
+    return {k: v for k, v in settings.items() if k not in SELECTION_KEYS}
+
+
+def label_shard(inference, stage_data, shard, config, settings, overwrite=False):
+    """Labels `shard` (a store.LabelShard) chunk by chunk, resuming after the chunks
+    already on disk; returns the shard's stats."""
+    if shard.complete and not overwrite:
+        stats = shard.stats()
+        if stats["settings"] != labeling_settings(settings):
+            shard.start(labeling_settings(settings))  # raises, naming the difference
+        logging.info("Shard %d of %d is already labeled; skipped.", shard.index,
+                     shard.num_shards)
+        return stats
+    split, unlabeled = stage_data.unlabeled
+    requested = shard_rows(unlabeled, shard.index, shard.num_shards)
+    if not len(requested):
+        raise ValueError(f"Shard {shard.index} of {shard.num_shards} has no unlabeled "
+                         f"images ({len(unlabeled)} in all); use fewer shards.")
+    done = shard.start(labeling_settings(settings), overwrite)
+    num_chunks = -(-len(requested) // config.chunk_size)
+    where = f"shard {shard.index + 1}/{shard.num_shards}: "
+    if done:
+        first = min(set(range(num_chunks)) - set(done), default=num_chunks)
+        logging.info("%sresuming at chunk %d of %d (%d chunks already on disk).", where,
+                     first + 1, num_chunks, len(done))
+    logging.info("%slabeling %d images in %d chunks with %s", where, len(requested),
+                 num_chunks, settings["teacher"])
+    start, labeled, last_log = time.time(), 0, 0.0
+    todo = [j for j in range(num_chunks) if j not in done]
+    size = config.chunk_size
+    rows = np.concatenate([requested[j * size:(j + 1) * size] for j in todo])
+    blocks = inference.stream(split, rows, images_per_call=size)
+    for j, logits, index, skipped in _chunks(blocks, todo, requested, size, split):
+        if not np.isfinite(logits).all():
+            raise ValueError(f"The teacher {settings['teacher']} gives non-finite logits.")
+        probs = soften(logits, config.temperature)
+        shard.write_chunk(j, index, logits, probs.argmax(-1), probs.max(-1), skipped,
+                          len(requested[j * size:(j + 1) * size]))
+        labeled += len(requested[j * size:(j + 1) * size])
+        if time.time() - last_log > 10 or j == todo[-1]:
+            last_log = time.time()
+            logging.info("%schunk %d/%d done, %d images this run (%.0f img/s)", where,
+                         j + 1, num_chunks, labeled, labeled / (last_log - start))
+    seconds = time.time() - start
+    stats = _shard_stats(shard, num_chunks, labeling_settings(settings),
+                         stage_data.info.num_classes)
+    stats.update(seconds_labeling_this_run=seconds,
+                 images_per_second_this_run=labeled / max(seconds, 1e-9))
+    shard.finish(stats)
+    if stats["unreadable_skipped"]:
+        logging.warning("%sSkipped %d unreadable images (first: %s).", where,
+                        stats["unreadable_skipped"], ", ".join(stats["unreadable_first"][:3]))
+    return stats
+
+
+def _chunks(blocks, todo, requested, size, split):
+    """Regroups the teacher's output blocks by chunk: yields (chunk, logits, source
+    indices, unreadable files met since the last chunk) for each chunk in `todo`, as
+    soon as a later row (or the end) shows that the chunk has all it will get."""
+    pending_logits, pending_index, seen = [], [], set()
+    todo = list(todo)
+
+    def take(j):
+        end = min((j + 1) * size, len(requested))
+        logits = np.concatenate(pending_logits) if pending_logits else None
+        index = np.concatenate(pending_index) if pending_index else np.zeros(0, np.int64)
+        mine = np.searchsorted(requested, index) < end
+        pending_logits[:] = [] if logits is None or mine.all() else [logits[~mine]]
+        pending_index[:] = [] if mine.all() else [index[~mine]]
+        skipped = [p for p in split.skipped_files() if p not in seen]
+        seen.update(skipped)
+        empty = np.zeros((0, 0), np.float32)
+        return j, (logits[mine] if logits is not None else empty), index[mine], skipped
+
+    for logits, index in blocks:
+        pending_logits.append(logits)
+        pending_index.append(index)
+        last = int(np.searchsorted(requested, index[-1]))
+        while todo and last >= min((todo[0] + 1) * size, len(requested)) - 1:
+            yield take(todo.pop(0))
+    while todo:
+        yield take(todo.pop(0))
+
+
+def _shard_stats(shard, num_chunks, settings, num_classes):
+    """Totals over the shard's chunks (also those of an earlier, killed run)."""
+    requested = read = 0
+    skipped, predicted = [], np.zeros(num_classes, np.int64)
+    for j in range(num_chunks):
+        chunk = shard.read_chunk(j, ("predicted", "skipped", "requested"))
+        requested += int(chunk["requested"])
+        read += len(chunk["predicted"])
+        skipped.extend(p for p in chunk["skipped"].tolist() if p not in skipped)
+        predicted += np.bincount(chunk["predicted"], minlength=num_classes)
+    return {"settings": settings, "shard_index": shard.index,
+            "num_shards": shard.num_shards, "chunks": num_chunks,
+            "images_in": requested, "images_read": read,
+            "unreadable_skipped": requested - read, "unreadable_first": skipped[:10],
+            "counts_predicted": predicted.tolist()}
+
+
+def check_teacher(classifier, stage_data):
     info = stage_data.info
     if classifier.num_classes is not None and classifier.num_classes != info.num_classes:
         raise ValueError(f"The teacher predicts {classifier.num_classes} classes but "
@@ -166,29 +174,39 @@ def label_shards(classifier, stage_data, shards, num_shards, config, out_dir, se
         raise ValueError(f"The unlabeled set is empty: every image of {info.name} is "
                          "labeled (lower --labels_per_class, or give a separate collection "
                          "with --unlabeled_dataset).")
-    all_stats = []
-    for i in shards:
-        if shard_is_complete(out_dir, i, num_shards) and not overwrite:
-            stats = read_json(shard_paths(out_dir, i, num_shards)[1])
-            if stats["settings"] != settings:
-                raise ValueError(
-                    f"Shard {i} of {num_shards} in {out_dir!r} was made with other "
-                    f"settings ({stats['settings']}); use another output folder or "
-                    "--overwrite.")
-            logging.info("Shard %d of %d is already complete; skipped.", i, num_shards)
-        else:
-            stats = label_shard(classifier, stage_data, i, num_shards, config, out_dir,
-                                settings)
-        all_stats.append(stats)
-    return all_stats
+
+
+def label_shards(classifier, stage_data, shards, num_shards, config, out_dir, settings,
+                 overwrite=False):
+    """Phase 1 for each shard index in `shards`; returns their stats."""
+    check_teacher(classifier, stage_data)
+    if num_shards > stage_data.unlabeled_count:
+        raise ValueError(f"--num_shards={num_shards} is more than the "
+                         f"{stage_data.unlabeled_count} unlabeled images.")
+    inference = TeacherInference(classifier, config.batch_size)
+    return [label_shard(inference, stage_data, LabelShard(out_dir, i, num_shards), config,
+                        settings, overwrite) for i in shards]
 
 
 def pseudo_label(teacher_path, stage_data, config, out_dir, shards=None, num_shards=1,
-                 overwrite=False):
+                 overwrite=False, phase="all"):
     """The whole stage: a teacher (run folder, .keras or SavedModel) labels the
-    unlabeled images of `stage_data` into `out_dir`; returns each shard's stats."""
-    classifier = load_classifier(teacher_path)
-    settings = teacher_settings(classifier, teacher_path, stage_data, config)
-    return label_shards(classifier, stage_data,
-                        range(num_shards) if shards is None else shards, num_shards,
-                        config, out_dir, settings, overwrite=overwrite)
+    unlabeled images of `stage_data` (phase "label", the shards in `shards`), and
+    once every shard is labeled the selection writes the pseudo-labeled set
+    (phase "select"). Returns the selection's stats, or None when shards are
+    still missing (named in the log)."""
+    from nstudent.pseudo_labels.writer import missing_shards, select
+
+    classifier = load_classifier(teacher_path, prefer="keras")
+    settings = teacher_settings(classifier, teacher_path, stage_data, config, num_shards)
+    if phase in ("all", "label"):
+        label_shards(classifier, stage_data, range(num_shards) if shards is None else shards,
+                     num_shards, config, out_dir, settings, overwrite)
+    if phase == "label":
+        return None
+    missing = missing_shards(out_dir, num_shards)
+    if missing and phase == "all":
+        logging.info("Selection waits for shards %s of %d; it runs once they are labeled.",
+                     ", ".join(map(str, missing)), num_shards)
+        return None
+    return select(stage_data, config, out_dir, settings, overwrite=overwrite)

@@ -1,137 +1,156 @@
-"""Pseudo-label shards on disk: TFRecords of (encoded image, soft label, confidence).
+"""The pseudo-labeled set on disk: TFRecord shards and their stats, and reading them.
 
-Shard i of n is `pseudo-0000i-of-0000n.tfrecord` plus its stats
-`pseudo-0000i-of-0000n.json`. The TFRecord is written to a temporary file and
-renamed; the stats, which record the TFRecord's size, are written after it.
-So a shard is complete exactly when its stats exist and the TFRecord has the
-recorded size; anything else is missing or partial and is named as such.
+  <out>/pseudo-0000i-of-0000n.tfrecord   selected images of label shard i, in a
+                                         seeded random order
+  <out>/pseudo-0000i-of-0000n.json       its stats, with its size in bytes
+  <out>/stats.json                       the whole set; written last
+
+Each record is a tf.train.Example (schema in the README):
+  image       bytes    the source's encoded image (a folder's JPEG as it was;
+                       PNG for sources that hold pixels)
+  label       float[C] soft label softmax(logits / T), or one-hot with --hard_labels
+  confidence  float    top probability at temperature T (what selection ranked)
+  class       int64    the teacher's predicted class
+  index       int64    the image's index in the unlabeled source
+  copies      int64    how many times the image is in the set (balancing
+                       duplicates a rare class's images); readers expand it
+A shard is complete when its stats exist and the TFRecord has the recorded size.
 """
 
 import dataclasses
-import glob
 import os
-import re
 
 import numpy as np
 import tensorflow as tf
 
 from nstudent.data.decode import decode
-from nstudent.export.atomic import atomic_path, read_json, write_json
+from nstudent.export.atomic import read_json
+from nstudent.pseudo_labels.store import ShardError
 
-_NAME = re.compile(r"pseudo-(\d{5})-of-(\d{5})\.json$")
-
-
-class ShardError(ValueError):
-    """A pseudo-label folder that is missing shards or holds partial ones."""
+STATS = "stats.json"
 
 
-def shard_name(shard_index, num_shards):
+def output_name(shard_index, num_shards):
     return f"pseudo-{shard_index:05d}-of-{num_shards:05d}"
 
 
-def shard_paths(directory, shard_index, num_shards):
-    base = os.path.join(directory, shard_name(shard_index, num_shards))
+def output_paths(directory, shard_index, num_shards):
+    base = os.path.join(directory, output_name(shard_index, num_shards))
     return base + ".tfrecord", base + ".json"
 
 
-def _example(image, label, confidence, predicted, index):
+def example(image, label, confidence, predicted, index, copies):
+    """One serialized record of the schema above."""
+    def ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
     feature = {
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
         "label": tf.train.Feature(float_list=tf.train.FloatList(value=label)),
         "confidence": tf.train.Feature(float_list=tf.train.FloatList(value=[confidence])),
-        "class": tf.train.Feature(int64_list=tf.train.Int64List(value=[predicted])),
-        "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[index])),
+        "class": ints(predicted), "index": ints(index), "copies": ints(copies),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shard(directory, shard_index, num_shards, images, labels, confidence,
-                source_index, stats):
-    """Writes one shard whole: `images` M encoded images, `labels` float [M, classes]."""
-    record_path, stats_path = shard_paths(directory, shard_index, num_shards)
-    labels = np.asarray(labels, np.float32)
-    with atomic_path(record_path) as tmp:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for image, label, conf, index in zip(images, labels, confidence, source_index):
-                writer.write(_example(image, label.tolist(), float(conf),
-                                      int(label.argmax()), int(index)))
-    stats = dict(stats, shard_index=shard_index, num_shards=num_shards,
-                 records=int(len(labels)), tfrecord=os.path.basename(record_path),
-                 bytes=os.path.getsize(record_path))
-    write_json(stats_path, stats)
-    return stats
+def output_is_complete(directory, shard_index, num_shards):
+    record_path, stats_path = output_paths(directory, shard_index, num_shards)
+    return (os.path.exists(stats_path) and os.path.exists(record_path)
+            and os.path.getsize(record_path) == read_json(stats_path)["bytes"])
 
 
-def shard_is_complete(directory, shard_index, num_shards):
-    record_path, stats_path = shard_paths(directory, shard_index, num_shards)
-    if not (os.path.exists(stats_path) and os.path.exists(record_path)):
-        return False
-    return os.path.getsize(record_path) == read_json(stats_path)["bytes"]
+def parse_records(num_classes):
+    """record -> dict of the schema's features (image still encoded)."""
+    spec = {"image": tf.io.FixedLenFeature([], tf.string),
+            "label": tf.io.FixedLenFeature([num_classes], tf.float32),
+            "confidence": tf.io.FixedLenFeature([], tf.float32),
+            "class": tf.io.FixedLenFeature([], tf.int64),
+            "index": tf.io.FixedLenFeature([], tf.int64),
+            "copies": tf.io.FixedLenFeature([], tf.int64)}
+    return lambda record: tf.io.parse_single_example(record, spec)
 
 
 @dataclasses.dataclass
 class PseudoLabels:
-    """All shards of a pseudo-label folder, checked complete and consistent."""
+    """The shards of a pseudo-label folder, checked complete and consistent."""
 
     directory: str
     num_classes: int
     channels: int
     class_names: list
     files: list
-    records: int
-    stats: list  # each shard's stats, in shard order
+    records: int  # with copies: the images an epoch sees
+    stats: dict  # stats.json
+
+    @property
+    def settings(self):
+        return self.stats["settings"]
+
+    def records_dataset(self):
+        """The parsed records, shard files interleaved one record at a time."""
+        files = tf.data.Dataset.from_tensor_slices(self.files)
+        return files.interleave(
+            tf.data.TFRecordDataset, cycle_length=len(self.files), block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+        ).map(parse_records(self.num_classes), num_parallel_calls=tf.data.AUTOTUNE)
 
     def dataset(self):
-        """(uint8 image [H, W, C], float32 soft label [classes]) in file order; images
-        keep their source's size and encoding and are converted to `channels`."""
-        spec = {"image": tf.io.FixedLenFeature([], tf.string),
-                "label": tf.io.FixedLenFeature([self.num_classes], tf.float32)}
+        """(uint8 image [H, W, C], float32 soft label [classes]), each image as often as
+        its copies say; images keep their source's size and are converted to `channels`."""
         channels = self.channels
 
-        def parse(record):
-            ex = tf.io.parse_single_example(record, spec)
-            return decode(ex["image"], channels), ex["label"]
+        def repeat(ex):
+            image = decode(ex["image"], channels)
+            return tf.data.Dataset.from_tensors((image, ex["label"])).repeat(ex["copies"])
 
-        return tf.data.TFRecordDataset(self.files).map(
-            parse, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self.records_dataset().flat_map(repeat)
+        return ds.apply(tf.data.experimental.assert_cardinality(self.records))
 
 
 def load_pseudo_labels(directory):
     """Opens a pseudo-label folder; a missing or partial shard is an error naming it."""
     if not os.path.isdir(directory):
         raise ShardError(f"No pseudo-label folder at {directory!r}.")
-    found = sorted(glob.glob(os.path.join(directory, "pseudo-*-of-*.json")))
-    if not found:
-        raise ShardError(f"{directory!r} holds no pseudo-label shards "
-                         "(pseudo-XXXXX-of-YYYYY.json); run tools/pseudo_label.py.")
-    totals = {int(_NAME.search(p).group(2)) for p in found if _NAME.search(p)}
-    if len(totals) != 1:
-        raise ShardError(f"{directory!r} mixes shards of runs with different "
-                         f"--num_shards ({sorted(totals)}).")
-    num_shards = totals.pop()
-    stats, files = [], []
+    stats_path = os.path.join(directory, STATS)
+    if not os.path.exists(stats_path):
+        raise ShardError(
+            f"{directory!r} holds no finished pseudo-label set ({STATS} is missing): run "
+            f"tools/pseudo_label.py --out={directory} (--phase=select once every shard "
+            "is labeled).")
+    stats = read_json(stats_path)
+    num_shards = stats["settings"]["num_shards"]
+    files = []
     for i in range(num_shards):
-        record_path, stats_path = shard_paths(directory, i, num_shards)
-        if not os.path.exists(stats_path):
-            state = "partially written" if os.path.exists(record_path) else "missing"
+        record_path, shard_stats = output_paths(directory, i, num_shards)
+        if not output_is_complete(directory, i, num_shards):
+            size = os.path.getsize(record_path) if os.path.exists(record_path) else None
             raise ShardError(
-                f"Shard {i} of {num_shards} in {directory!r} is {state}: run "
-                f"tools/pseudo_label.py --shard_index={i} --num_shards={num_shards}.")
-        s = read_json(stats_path)
-        size = os.path.getsize(record_path) if os.path.exists(record_path) else None
-        if size != s["bytes"]:
-            raise ShardError(
-                f"Shard {i} of {num_shards} in {directory!r}: {os.path.basename(record_path)}"
-                f" is {'missing' if size is None else f'{size} bytes'}, its stats say "
-                f"{s['bytes']}; run tools/pseudo_label.py --shard_index={i} again.")
-        if stats and s["settings"] != stats[0]["settings"]:
-            raise ShardError(f"Shard {i} of {num_shards} in {directory!r} was made with "
-                             "other settings than shard 0.")
-        stats.append(s)
+                f"Shard {i} of {num_shards} in {directory!r}: "
+                f"{os.path.basename(record_path)} is "
+                f"{'missing' if size is None else f'{size} bytes, not as its stats say'}; "
+                f"run tools/pseudo_label.py --phase=select --out={directory} --overwrite.")
         files.append(record_path)
-    records = sum(s["records"] for s in stats)
-    if not records:
+    if not stats["records"]:
         raise ShardError(f"The pseudo-label shards in {directory!r} hold no images.")
-    first = stats[0]
-    return PseudoLabels(directory, first["num_classes"], first["channels"],
-                        first["class_names"], files, records, stats)
+    return PseudoLabels(directory, stats["num_classes"], stats["channels"],
+                        stats["class_names"], files, stats["records"], stats)
+
+
+def read_records(directory):
+    """Every record of a folder as numpy dicts, in read order (tests, inspection)."""
+    pl = load_pseudo_labels(directory)
+    return list(pl.records_dataset().as_numpy_iterator())
+
+
+def copies_per_index(records):
+    """{source index: copies}: the multiset of source images a set holds."""
+    return {int(r["index"]): int(r["copies"]) for r in records}
+
+
+def class_runs(classes):
+    """Lengths of the runs of equal consecutive values (how sorted an order is)."""
+    classes = np.asarray(classes)
+    if not len(classes):
+        return np.zeros(0, np.int64)
+    edges = np.flatnonzero(np.diff(classes)) + 1
+    return np.diff(np.concatenate([[0], edges, [len(classes)]]))

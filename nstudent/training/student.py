@@ -77,14 +77,14 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
     train_ds = tf.data.Dataset.zip((labeled_ds, pseudo_ds)).prefetch(tf.data.AUTOTUNE)
 
     if init_from_teacher:
-        model_config, teacher = _teacher_network(pseudo.stats[0]["settings"]["teacher"],
+        model_config, teacher = _teacher_network(pseudo.settings["teacher"],
                                                  model_config)
         network = models.build_efficientnet(model_config)
         network.set_weights(teacher.get_weights())
         logging.info("Student starts from the teacher's weights.")
     else:
         model_config, network = models.build_with_weights(model_config, init_weights)
-    teacher_params = pseudo.stats[0]["settings"].get("teacher_parameters")
+    teacher_params = pseudo.settings.get("teacher_parameters")
     if teacher_params and network.count_params() < teacher_params:
         logging.warning("The student (%d parameters) is smaller than its teacher (%d): "
                         "noisy student expects an equal or larger student.",
@@ -104,7 +104,7 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
         start, history, epoch_seconds, batch + pseudo_batch, steps, {
             "stage": "student", "labeled_examples": int(count),
             "pseudo_labeled_examples": pseudo.records, "pseudo_labels": pseudo.directory,
-            "teacher": pseudo.stats[0]["settings"].get("teacher"),
+            "teacher": pseudo.settings.get("teacher"),
             "teacher_parameters": teacher_params, "unlabeled_ratio": unlabeled_ratio,
             "pseudo_loss_weight": pseudo_loss_weight,
             "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights,

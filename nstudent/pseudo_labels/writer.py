@@ -1,0 +1,261 @@
+"""Phase 2: one global balance over every labeled shard, then the shards written.
+
+Runs once every shard of phase 1 is labeled. K and each class's cut-off come
+from all shards' chunks (selection.balance), so 1 shard or N select the same
+images with the same copies. Each label shard then becomes one output shard
+(shards.py): its selected images, stored once with their copy count, in a
+seeded random order made by an external shuffle (records go to random bucket
+files, each bucket is permuted in memory), so memory holds one bucket, not the
+shard. Last comes stats.json, with a per-class table in the log.
+"""
+
+import itertools
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from nstudent.export.atomic import atomic_path, read_json, write_json
+from nstudent.pseudo_labels.labeler import labeling_settings
+from nstudent.pseudo_labels.selection import balance, soften
+from nstudent.pseudo_labels.shards import (
+    STATS, example, output_is_complete, output_paths)
+from nstudent.pseudo_labels.store import LabelShard, ShardError
+
+BUCKET_RECORDS = 4096  # records per shuffle bucket (memory: one bucket)
+MAX_BUCKETS = 256
+
+
+def missing_shards(out_dir, num_shards):
+    return [i for i in range(num_shards) if not LabelShard(out_dir, i, num_shards).complete]
+
+
+def _check_labeled(out_dir, num_shards, settings):
+    """The label shards, all complete and made by this teacher with these settings."""
+    shards = [LabelShard(out_dir, i, num_shards) for i in range(num_shards)]
+    missing = [s for s in shards if not s.complete]
+    if missing:
+        def state(s):
+            n = len(s.finished_chunks()) if os.path.isdir(s.dir) else 0
+            return f"shard {s.index} ({f'{n} chunks so far' if n else 'not started'})"
+
+        raise ShardError(
+            f"Selection needs every shard labeled; {len(missing)} of {num_shards} are not: "
+            f"{', '.join(state(s) for s in missing[:5])}. Run tools/pseudo_label.py "
+            f"--phase=label --out={out_dir} --num_shards={num_shards} "
+            f"--shard_index={missing[0].index} (and the others), with the same flags.")
+    wanted = labeling_settings(settings)
+    for s in shards:
+        stored = s.stats()["settings"]
+        if stored != wanted:
+            keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+            raise ShardError(
+                f"Shard {s.index} in {out_dir!r} was labeled by another teacher or with "
+                f"other settings ({', '.join(f'{k}: {stored.get(k)!r}' for k in keys[:3])}); "
+                "label again with --overwrite, or use another --out.")
+    return shards
+
+
+def _previous(out_dir, num_shards, settings, overwrite):
+    """The finished selection with these settings, if any; removes another one when
+    `overwrite`, else refuses to mix."""
+    path = os.path.join(out_dir, STATS)
+    if not os.path.exists(path):
+        return None
+    stats = read_json(path)
+    same = stats["settings"] == settings and all(
+        output_is_complete(out_dir, i, num_shards) for i in range(num_shards))
+    if same and not overwrite:
+        return stats
+    if not overwrite:
+        raise ShardError(f"{out_dir!r} holds a selection made with other settings; use "
+                         "--overwrite to select again, or another --out.")
+    os.remove(path)
+    return None
+
+
+def select(stage_data, config, out_dir, settings, overwrite=False):
+    """Balances globally and writes every output shard and stats.json; returns the stats."""
+    num_shards = settings["num_shards"]
+    shards = _check_labeled(out_dir, num_shards, settings)
+    previous = _previous(out_dir, num_shards, settings, overwrite)
+    if previous is not None:
+        logging.info("The selection in %s is already done; skipped.", out_dir)
+        return previous
+    start = time.time()
+    info = stage_data.info
+    split, _ = stage_data.unlabeled
+    names = list(info.class_names)
+
+    def read():
+        return itertools.chain.from_iterable(s.chunks() for s in shards)
+
+    plan = balance(read, info.num_classes, config.min_confidence, config.per_class)
+    empty = [names[c] for c in np.flatnonzero(plan.candidates == 0)]
+    if empty:
+        logging.warning("--min_confidence=%g leaves no image of class(es) %s; they stay "
+                        "empty in the pseudo-labeled set.", config.min_confidence,
+                        ", ".join(empty))
+    totals = _Totals(info.num_classes)
+    for s in shards:
+        _write_output(split, s, plan, config, out_dir, settings, totals)
+    shard_stats = [s.stats() for s in shards]
+    stats = {
+        "settings": settings, "num_classes": info.num_classes, "channels": info.channels,
+        "class_names": names, "per_class": plan.per_class,
+        "min_confidence": config.min_confidence, "hard": config.hard,
+        "temperature": config.temperature,
+        "images_in": sum(s["images_in"] for s in shard_stats),
+        "images_read": sum(s["images_read"] for s in shard_stats),
+        "unreadable_skipped": sum(s["unreadable_skipped"] for s in shard_stats),
+        "unreadable_first": [p for s in shard_stats for p in s["unreadable_first"]][:10],
+        "above_threshold": int(plan.candidates.sum()),
+        "distinct_images": int(totals.selected.sum()), "records": int(totals.copies.sum()),
+        "classes": totals.per_class(names, plan, config.min_confidence),
+        "seconds_selecting": time.time() - start,
+        **_agreement(split, read, info.num_classes)}
+    write_json(os.path.join(out_dir, STATS), stats)
+    logging.info("Pseudo-labels: %d of %d images above --min_confidence=%g, K=%d per class, "
+                 "%d distinct images written as %d records with copies.\n%s",
+                 stats["above_threshold"], stats["images_read"], config.min_confidence,
+                 plan.per_class, stats["distinct_images"], stats["records"],
+                 class_table(stats))
+    return stats
+
+
+class _Totals:
+    """Per-class counts of what was written, over all output shards."""
+
+    def __init__(self, num_classes):
+        self.selected = np.zeros(num_classes, np.int64)
+        self.copies = np.zeros(num_classes, np.int64)
+        self.correct = np.zeros(num_classes, np.int64)
+        self.lowest = np.full(num_classes, np.inf)
+        self.has_truth = False
+
+    def add(self, predicted, copies, confidence, truth):
+        n = len(self.selected)
+        self.selected += np.bincount(predicted, minlength=n)
+        self.copies += np.bincount(predicted, weights=copies, minlength=n).astype(np.int64)
+        np.minimum.at(self.lowest, predicted, confidence)
+        if truth is not None:
+            self.has_truth = True
+            self.correct += np.bincount(predicted[predicted == truth], minlength=n)
+
+    def per_class(self, names, plan, min_confidence):
+        rows = []
+        for c, name in enumerate(names):
+            truncated = plan.candidates[c] > plan.per_class
+            row = {"class": name, "predicted": int(plan.predicted[c]),
+                   "above_threshold": int(plan.candidates[c]),
+                   "selected": int(self.selected[c]), "copies": int(self.copies[c]),
+                   # the lowest confidence kept where K cut the class, else the filter's
+                   "cutoff": float(self.lowest[c]) if truncated else float(min_confidence)}
+            if self.has_truth:
+                row["accuracy_selected"] = (float(self.correct[c] / self.selected[c])
+                                            if self.selected[c] else None)
+            rows.append(row)
+        return rows
+
+
+def _agreement(split, read, num_classes):
+    """The teacher's agreement with the source's own (hidden) labels, where it has them."""
+    if not split.has_labels:
+        return {}
+    correct = total = 0
+    for chunk in read():
+        correct += int(np.sum(chunk["predicted"] == split.labels[chunk["index"]]))
+        total += len(chunk["index"])
+    return {"agreement_with_dataset_labels": correct / max(total, 1)}
+
+
+def _selected_rows(shard, plan, config):
+    """index, copies, predicted, confidence of the shard's selected rows, in order."""
+    parts = {"index": [], "copies": [], "predicted": [], "confidence": []}
+    for chunk in shard.chunks():
+        n = plan.copies(chunk["predicted"], chunk["confidence"], chunk["index"],
+                        config.min_confidence)
+        chunk["copies"] = n
+        for key, values in parts.items():
+            values.append(chunk[key][n > 0])
+    return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+def _labels(shard, plan, config):
+    """(index, label, confidence, class, copies) of each selected row, in order."""
+    for chunk in shard.chunks(("index", "predicted", "confidence", "logits")):
+        n = plan.copies(chunk["predicted"], chunk["confidence"], chunk["index"],
+                        config.min_confidence)
+        keep = n > 0
+        labels = soften(chunk["logits"][keep], config.temperature, config.hard)
+        yield from zip(chunk["index"][keep], labels, chunk["confidence"][keep],
+                       chunk["predicted"][keep], n[keep])
+
+
+def _images(split, indices):
+    """The source's encoded bytes at `indices` (sorted), or PNGs of its pixels."""
+    if split.to_bytes is not None:
+        ds = split.dataset(indices, encoded=True, with_index=True)
+        return ds.map(lambda b, y, i: (b, i))
+    return split.dataset(indices, with_index=True).map(
+        lambda x, y, i: (tf.io.encode_png(x), i), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _write_output(split, shard, plan, config, out_dir, settings, totals):
+    """Label shard -> output shard: selected records through an external shuffle."""
+    record_path, stats_path = output_paths(out_dir, shard.index, shard.num_shards)
+    rows = _selected_rows(shard, plan, config)
+    index, copies = rows["index"], rows["copies"]
+    rng = np.random.default_rng([settings["seed"], shard.index, shard.num_shards])
+    buckets = int(np.clip(math.ceil(len(index) / BUCKET_RECORDS), 1, MAX_BUCKETS))
+    bucket_of = rng.integers(buckets, size=len(index))
+    scratch = os.path.join(out_dir, f".shuffle-{shard.index:05d}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    writers = [tf.io.TFRecordWriter(os.path.join(scratch, f"{b}.tfrecord"))
+               for b in range(buckets)]
+    truth = split.labels if split.has_labels else None
+    images = _images(split, index).prefetch(64).as_numpy_iterator() if len(index) else []
+    for (image, i), row, b in zip(images, _labels(shard, plan, config), bucket_of):
+        j, label, confidence, predicted, n = row
+        if i != j:
+            raise RuntimeError(f"Source row {i} read where {j} was selected.")
+        writers[b].write(example(image, label.tolist(), float(confidence), int(predicted),
+                                 int(j), int(n)))
+    for w in writers:
+        w.close()
+    with atomic_path(record_path) as tmp:
+        with tf.io.TFRecordWriter(tmp) as out:
+            for b in range(buckets):
+                records = list(tf.data.TFRecordDataset(
+                    os.path.join(scratch, f"{b}.tfrecord")).as_numpy_iterator())
+                for k in rng.permutation(len(records)):
+                    out.write(records[k])
+    shutil.rmtree(scratch, ignore_errors=True)
+    totals.add(rows["predicted"].astype(np.int64), copies, rows["confidence"],
+               None if truth is None else truth[index])
+    write_json(stats_path, {
+        "settings": settings, "shard_index": shard.index, "num_shards": shard.num_shards,
+        "distinct_images": int(len(index)), "records": int(copies.sum()),
+        "tfrecord": os.path.basename(record_path), "bytes": os.path.getsize(record_path)})
+
+
+def class_table(stats):
+    """A short per-class table of a selection's stats.json."""
+    head = "| class | predicted | above threshold | selected | copies | cut-off |"
+    accuracy = any("accuracy_selected" in r for r in stats["classes"])
+    if accuracy:
+        head += " teacher accuracy (selected) |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in stats["classes"]:
+        line = (f"| {r['class']} | {r['predicted']} | {r['above_threshold']} | "
+                f"{r['selected']} | {r['copies']} | {r['cutoff']:.3f} |")
+        if accuracy:
+            a = r.get("accuracy_selected")
+            line += " - |" if a is None else f" {a:.3f} |"
+        lines.append(line)
+    return "\n".join(lines)
