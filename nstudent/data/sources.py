@@ -93,16 +93,30 @@ class Split:
             ds = ds.map(lambda image, ok, i: (image, tf.gather(labels, i)))
         return ds.with_options(_FUSED)
 
-    def batches(self, indices, batch_size):
+    def batches(self, indices, batch_size, prepare=None, shape=None):
         """Batches of (uint8 images, int64 labels, int64 indices) at `indices`, in split
-        order. Arrays are sliced a batch at a time, with no work per image: the fast
-        path for a whole set (pseudo-labeling); other sources batch `dataset()`."""
-        if not self.pixels:
-            return self.dataset(indices, with_index=True).batch(batch_size)
+        order, with no tf.data work per image (pseudo-labeling's fast path). Arrays
+        are sliced a batch at a time. Other sources decode a batch at a time, each
+        image then `prepare`d to `shape` [H, W, C]; unreadable ones are dropped
+        (skip mode) or raise, as in `dataset`."""
         indices = np.sort(np.asarray(indices, np.int64))
         labels = tf.constant(self.labels, tf.int64)
+        if self.pixels:
+            return self.read(indices).batch(batch_size).map(
+                lambda x, i: (x, tf.gather(labels, i), i))
+        spec = (tf.TensorSpec(shape, tf.uint8), tf.TensorSpec([], tf.bool))
+
+        def decode_batch(payloads, index):
+            def one(payload):
+                image, ok = self.decode(payload)
+                return prepare(image), ok
+
+            images, ok = tf.map_fn(one, payloads, fn_output_signature=spec)
+            index = tf.boolean_mask(index, ok)
+            return tf.boolean_mask(images, ok), tf.gather(labels, index), index
+
         return self.read(indices).batch(batch_size).map(
-            lambda x, i: (x, tf.gather(labels, i), i))
+            decode_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
 
     def skipped_files(self):
         return self.corrupt.paths if self.corrupt else []
@@ -136,15 +150,24 @@ _FUSED.experimental_optimization.map_and_filter_fusion = True
 _FUSED.experimental_optimization.map_fusion = True
 
 
-def _mask_filter(ds, indices, total):
-    """Keeps the elements of an ordered stream at `indices` (sorted), as (x, index)."""
-    ds = ds.enumerate()
-    if len(indices) != total:
-        mask = np.zeros(total, bool)
-        mask[indices] = True
-        mask = tf.constant(mask)
-        ds = ds.filter(lambda i, x: tf.gather(mask, i))
-    return ds.map(lambda i, x: (x, i))
+SELECT_BLOCK = 1024  # records tested (and parsed) together
+
+
+def _mask_filter(ds, indices, total, parse=None):
+    """Keeps the elements of an ordered stream at `indices` (sorted), as (x, index).
+    Works a block of records at a time, `parse` (a batched parser) included: per
+    record, filtering and parsing cost ~30 and ~40 us, 5-10x more than per block."""
+    mask = np.zeros(total, bool)
+    mask[indices] = True
+    mask = tf.constant(mask)
+
+    def select(block, x):
+        position = block * SELECT_BLOCK + tf.range(tf.shape(x)[0], dtype=tf.int64)
+        keep = tf.gather(mask, position)
+        x = tf.boolean_mask(x, keep)
+        return (parse(x) if parse else x), tf.boolean_mask(position, keep)
+
+    return ds.batch(SELECT_BLOCK).enumerate().map(select).unbatch()
 
 
 def _decoder(channels):
@@ -237,8 +260,8 @@ def _tfds_split(builder, split, channels, labels):
         labels = np.full(builder.info.splits[split].num_examples, UNLABELED, np.int64)
     total = len(labels)
     return Split(split, labels,
-                 read=lambda idx: _mask_filter(records(), idx, total).map(
-                     lambda ex, i: (ex["image"], i)),
+                 read=lambda idx: _mask_filter(records().map(lambda ex: ex["image"]), idx,
+                                               total),
                  decode=_decoder(channels), to_bytes=lambda b: b)
 
 
@@ -378,8 +401,8 @@ def _tfrecord_split(name, files, channels, labels):
     total = len(labels)
 
     def read(idx):
-        ds = _mask_filter(tf.data.TFRecordDataset(files), idx, total)
-        return ds.map(lambda r, i: (tf.io.parse_single_example(r, IMAGE_FEATURE)["image"], i))
+        return _mask_filter(tf.data.TFRecordDataset(files), idx, total,
+                            parse=lambda r: tf.io.parse_example(r, IMAGE_FEATURE)["image"])
 
     return Split(name, labels, read=read, decode=_decoder(channels), to_bytes=lambda b: b)
 

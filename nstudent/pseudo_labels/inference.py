@@ -37,6 +37,7 @@ class TeacherInference:
     def __init__(self, classifier, batch_size):
         self.size, self.crop = classifier.image_size, classifier.crop_fraction
         self.batch_size, self.num_classes = batch_size, classifier.num_classes
+        self.channels = classifier.channels
         if classifier.keras_model is not None:
             from nstudent.models import inference_network
 
@@ -54,21 +55,19 @@ class TeacherInference:
                          or keras.backend.backend() == "tensorflow")
 
     def dataset(self, split, indices):
-        """(batches, preprocessed): batches of (uint8 images, source index). Images of
-        one shape are batched raw and preprocessed a batch at a time."""
+        """(batches, preprocessed): batches of (uint8 images, source index). Arrays
+        are batched raw and preprocessed a batch at a time in the loop; other sources
+        are decoded and preprocessed a batch at a time in tf.data."""
         size, crop = self.size, self.crop
         if split.pixels:
             ds = split.batches(indices, self.batch_size).map(lambda x, y, i: (x, i))
+            if self.in_graph:
+                return ds.prefetch(2), False
+            ds = ds.map(lambda x, i: (preprocess_eval(x, size, crop), i))
         else:
-            ds = split.dataset(indices, with_index=True).map(lambda x, y, i: (x, i))
-            if not ds.element_spec[0].shape.is_fully_defined():
-                ds = ds.map(lambda x, i: (preprocess_eval(x, size, crop), i),
-                            num_parallel_calls=tf.data.AUTOTUNE)
-                return ds.batch(self.batch_size).prefetch(2), True
-            ds = ds.batch(self.batch_size)
-        if self.in_graph:
-            return ds.prefetch(2), False
-        ds = ds.map(lambda x, i: (preprocess_eval(x, size, crop), i))
+            ds = split.batches(indices, self.batch_size,
+                               prepare=lambda x: preprocess_eval(x, size, crop),
+                               shape=[size, size, self.channels]).map(lambda x, y, i: (x, i))
         return ds.prefetch(2), True
 
     def _run(self, iterator, steps, preprocessed):

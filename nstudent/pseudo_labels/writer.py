@@ -196,13 +196,18 @@ def _labels(shard, plan, config):
                        chunk["predicted"][keep], n[keep])
 
 
-def _images(split, indices):
-    """The source's encoded bytes at `indices` (sorted), or PNGs of its pixels."""
+def _images(split, indices, batch=1024):
+    """numpy batches of (encoded image, source index) at `indices` (sorted): the
+    source's own bytes, or PNGs of its pixels (batched: Python pays per batch)."""
+    if not len(indices):
+        return
     if split.to_bytes is not None:
         ds = split.dataset(indices, encoded=True, with_index=True)
-        return ds.map(lambda b, y, i: (b, i))
-    return split.dataset(indices, with_index=True).map(
-        lambda x, y, i: (tf.io.encode_png(x), i), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda b, y, i: (b, i))
+    else:
+        ds = split.dataset(indices, with_index=True).map(
+            lambda x, y, i: (tf.io.encode_png(x), i), num_parallel_calls=tf.data.AUTOTUNE)
+    yield from ds.batch(batch).prefetch(2).as_numpy_iterator()
 
 
 def _write_output(split, shard, plan, config, out_dir, settings, totals):
@@ -219,20 +224,23 @@ def _write_output(split, shard, plan, config, out_dir, settings, totals):
     writers = [tf.io.TFRecordWriter(os.path.join(scratch, f"{b}.tfrecord"))
                for b in range(buckets)]
     truth = split.labels if split.has_labels else None
-    images = _images(split, index).prefetch(64).as_numpy_iterator() if len(index) else []
-    for (image, i), row, b in zip(images, _labels(shard, plan, config), bucket_of):
-        j, label, confidence, predicted, n = row
-        if i != j:
-            raise RuntimeError(f"Source row {i} read where {j} was selected.")
-        writers[b].write(example(image, label.tolist(), float(confidence), int(predicted),
-                                 int(j), int(n)))
+    rows_out = _labels(shard, plan, config)
+    for images, indices in _images(split, index):
+        for image, i, b in zip(images, indices, bucket_of[:len(indices)]):
+            j, label, confidence, predicted, n = next(rows_out)
+            if i != j:
+                raise RuntimeError(f"Source row {i} read where {j} was selected.")
+            writers[b].write(example(image, label.tolist(), float(confidence),
+                                     int(predicted), int(j), int(n)))
+        bucket_of = bucket_of[len(indices):]
     for w in writers:
         w.close()
     with atomic_path(record_path) as tmp:
         with tf.io.TFRecordWriter(tmp) as out:
             for b in range(buckets):
-                records = list(tf.data.TFRecordDataset(
-                    os.path.join(scratch, f"{b}.tfrecord")).as_numpy_iterator())
+                records = [r for batch in tf.data.TFRecordDataset(
+                    os.path.join(scratch, f"{b}.tfrecord")).batch(BUCKET_RECORDS)
+                    .as_numpy_iterator() for r in batch]
                 for k in rng.permutation(len(records)):
                     out.write(records[k])
     shutil.rmtree(scratch, ignore_errors=True)
