@@ -12,8 +12,9 @@ process of tools/pseudo_label.py, timed from outside (process start included) wi
 its peak RSS from wait4. Prints one JSON line per figure.
 
 inference: the network alone (nstudent's inference copy under tf.function,
-float32 batches already in memory, as the peer figure was measured), and the
-labeling path's compiled loop over a uint8 array (preprocessing included).
+float32 batches already in memory, as the peer figure was measured; beside it
+the Keras model as built, for comparison), and the labeling path's compiled
+loop over a uint8 array of 65,536 images (preprocessing included).
 """
 
 import json
@@ -33,6 +34,7 @@ flags.DEFINE_string("repo", ROOT, "Checkout whose tools/pseudo_label.py runs.")
 flags.DEFINE_list("shards", ["1", "4"], "Shard counts to run.")
 flags.DEFINE_bool("inference", True, "Also measure the teacher's inference speed.")
 flags.DEFINE_integer("repeats", 5, "Timed passes per inference figure (median).")
+flags.DEFINE_integer("stream_images", 65536, "Images per labeling-path inference pass.")
 flags.DEFINE_string("work_dir", "", "Where the data and outputs go (default: a temp dir).")
 FLAGS = flags.FLAGS
 MAIN_MODEL = dict(variant="b0", width_scale=0.5, depth_scale=0.5, image_size=32,
@@ -149,19 +151,21 @@ def inference_speed():
     classifier = load_classifier(teacher, prefer="keras")
     network = TeacherInference(classifier, 128).network  # folded and frozen
     rng = np.random.default_rng(0)
+    plain = classifier.keras_model  # as Keras runs it: batch norm as separate ops
     for batch in (128, 512):
         x = tf.constant(rng.uniform(0, 255, (batch, 32, 32, 1)).astype(np.float32))
-        f = tf.function(network)
-        for _ in range(3):
-            f(x).numpy()
-        runs = []
-        for _ in range(FLAGS.repeats):
-            start, n = time.perf_counter(), 0
-            while time.perf_counter() - start < 2.0:
+        runs, keras_runs = [], []
+        for f, out in ((tf.function(network), runs),
+                       (tf.function(lambda v: plain(v, training=False)), keras_runs)):
+            for _ in range(3):
                 f(x).numpy()
-                n += batch
-            runs.append(n / (time.perf_counter() - start))
-        n = 65536  # one stream, as a shard's: set-up is paid once, not per batch
+            for _ in range(FLAGS.repeats):
+                start, n = time.perf_counter(), 0
+                while time.perf_counter() - start < 2.0:
+                    f(x).numpy()
+                    n += batch
+                out.append(n / (time.perf_counter() - start))
+        n = FLAGS.stream_images  # one stream, as a shard's: set-up paid once per pass
         images = rng.integers(0, 256, (n, 28, 28, 1), np.uint8)  # Fashion-MNIST's size
         split = in_memory_split("unlabeled", images, np.zeros(n))
         inference = TeacherInference(classifier, batch)
@@ -174,6 +178,8 @@ def inference_speed():
         _print(figure="teacher_inference", batch_size=batch,
                network_images_per_second=round(float(np.median(runs))),
                network_runs=[round(r) for r in runs],
+               keras_network_images_per_second=round(float(np.median(keras_runs))),
+               keras_network_runs=[round(r) for r in keras_runs],
                labeling_path_images_per_second=round(float(np.median(path))),
                labeling_path_runs=[round(r) for r in path],
                threads=tf.config.threading.get_intra_op_parallelism_threads())

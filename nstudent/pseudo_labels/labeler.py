@@ -93,9 +93,11 @@ def label_shard(inference, stage_data, shard, config, settings, overwrite=False)
     start, labeled, last_log = time.time(), 0, 0.0
     todo = [j for j in range(num_chunks) if j not in done]
     size = config.chunk_size
-    rows = np.concatenate([requested[j * size:(j + 1) * size] for j in todo])
+    rows = np.concatenate([requested[j * size:(j + 1) * size] for j in todo] or
+                          [np.zeros(0, np.int64)])
     blocks = inference.stream(split, rows, images_per_call=size)
-    for j, logits, index, skipped in _chunks(blocks, todo, requested, size, split):
+    classes = stage_data.info.num_classes
+    for j, logits, index, skipped in _chunks(blocks, todo, requested, size, split, classes):
         if not np.isfinite(logits).all():
             raise ValueError(f"The teacher {settings['teacher']} gives non-finite logits.")
         probs = soften(logits, config.temperature)
@@ -118,7 +120,7 @@ def label_shard(inference, stage_data, shard, config, settings, overwrite=False)
     return stats
 
 
-def _chunks(blocks, todo, requested, size, split):
+def _chunks(blocks, todo, requested, size, split, num_classes):
     """Regroups the teacher's output blocks by chunk: yields (chunk, logits, source
     indices, unreadable files met since the last chunk) for each chunk in `todo`, as
     soon as a later row (or the end) shows that the chunk has all it will get."""
@@ -134,7 +136,7 @@ def _chunks(blocks, todo, requested, size, split):
         pending_index[:] = [] if mine.all() else [index[~mine]]
         skipped = [p for p in split.skipped_files() if p not in seen]
         seen.update(skipped)
-        empty = np.zeros((0, 0), np.float32)
+        empty = np.zeros((0, num_classes), np.float32)
         return j, (logits[mine] if logits is not None else empty), index[mine], skipped
 
     for logits, index in blocks:
