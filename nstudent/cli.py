@@ -163,8 +163,6 @@ def load_dataset(split_names=None):
     """The --dataset's splits: --train_split and --test_split unless named."""
     if FLAGS.channels not in (1, 3):
         raise data.DataError(f"--channels must be 1 or 3, got {FLAGS.channels}.")
-    if "min_confidence" in FLAGS:
-        label_config()  # raises on a bad --temperature, --min_confidence, sizes
     return data.load(
         FLAGS.dataset, split_names or (FLAGS.train_split, FLAGS.test_split),
         channels=FLAGS.channels,

@@ -18,7 +18,21 @@ from nstudent.pseudo_labels import (
     LabelConfig, LabelShard, ShardError, balance, filter_and_balance, load_pseudo_labels,
     read_records, soften)
 from nstudent.training.batchnorm import recalibrate_batch_norm
-from nstudent.pseudo_labels.shards import class_runs, copies_per_index
+
+
+def copies_per_index(records):
+    """{source index: copies}: the multiset of source images a set holds."""
+    return {int(r["index"]): int(r["copies"]) for r in records}
+
+
+def class_runs(classes):
+    """Lengths of the runs of equal consecutive values (how sorted an order is)."""
+    classes = np.asarray(classes)
+    if not len(classes):
+        return np.zeros(0, np.int64)
+    edges = np.flatnonzero(np.diff(classes)) + 1
+    return np.diff(np.concatenate([[0], edges, [len(classes)]]))
+
 
 # Hand-made teacher output: 8 images, 3 classes.
 TABLE = np.array([

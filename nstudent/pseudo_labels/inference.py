@@ -41,11 +41,9 @@ class TeacherInference:
         if classifier.keras_model is not None:
             from nstudent.models import inference_network
 
-            network = inference_network(classifier.keras_model)
-            self._keras = network
-            self.network = lambda x: network(x, training=False)
+            self._keras = inference_network(classifier.keras_model)
             if keras.backend.backend() == "tensorflow":
-                self.network = _frozen(network, self.size, classifier.channels)
+                self.network = _frozen(self._keras, self.size, classifier.channels)
         elif classifier.logits is not None:
             self.network = classifier._loaded.logits
         else:

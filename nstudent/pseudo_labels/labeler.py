@@ -19,7 +19,7 @@ from nstudent.evaluation import load_classifier
 from nstudent.export.atomic import read_json
 from nstudent.pseudo_labels.inference import TeacherInference
 from nstudent.pseudo_labels.selection import soften
-from nstudent.pseudo_labels.store import LabelShard, shard_rows
+from nstudent.pseudo_labels.store import LabelShard, chunk_rows, shard_rows
 
 # Settings that only the selection phase uses: changing them re-selects without
 # labeling again.
@@ -70,12 +70,10 @@ def label_shard(inference, stage_data, shard, config, settings, overwrite=False)
     """Labels `shard` (a store.LabelShard) chunk by chunk, resuming after the chunks
     already on disk; returns the shard's stats."""
     if shard.complete and not overwrite:
-        stats = shard.stats()
-        if stats["settings"] != labeling_settings(settings):
-            shard.start(labeling_settings(settings))  # raises, naming the difference
+        shard.check(labeling_settings(settings))
         logging.info("Shard %d of %d is already labeled; skipped.", shard.index,
                      shard.num_shards)
-        return stats
+        return shard.stats()
     split, unlabeled = stage_data.unlabeled
     requested = shard_rows(unlabeled, shard.index, shard.num_shards)
     if not len(requested):
@@ -93,7 +91,7 @@ def label_shard(inference, stage_data, shard, config, settings, overwrite=False)
     start, labeled, last_log = time.time(), 0, 0.0
     todo = [j for j in range(num_chunks) if j not in done]
     size = config.chunk_size
-    rows = np.concatenate([requested[j * size:(j + 1) * size] for j in todo] or
+    rows = np.concatenate([chunk_rows(requested, j, size) for j in todo] or
                           [np.zeros(0, np.int64)])
     blocks = inference.stream(split, rows, images_per_call=size)
     classes = stage_data.info.num_classes
@@ -101,9 +99,9 @@ def label_shard(inference, stage_data, shard, config, settings, overwrite=False)
         if not np.isfinite(logits).all():
             raise ValueError(f"The teacher {settings['teacher']} gives non-finite logits.")
         probs = soften(logits, config.temperature)
-        shard.write_chunk(j, index, logits, probs.argmax(-1), probs.max(-1), skipped,
-                          len(requested[j * size:(j + 1) * size]))
-        labeled += len(requested[j * size:(j + 1) * size])
+        asked = len(chunk_rows(requested, j, size))
+        shard.write_chunk(j, index, logits, probs.argmax(-1), probs.max(-1), skipped, asked)
+        labeled += asked
         if time.time() - last_log > 10 or j == todo[-1]:
             last_log = time.time()
             logging.info("%schunk %d/%d done, %d images this run (%.0f img/s)", where,
@@ -196,7 +194,7 @@ def pseudo_label(teacher_path, stage_data, config, out_dir, shards=None, num_sha
     unlabeled images of `stage_data` (phase "label", the shards in `shards`), and
     once every shard is labeled the selection writes the pseudo-labeled set
     (phase "select"). Returns the selection's stats, or None when shards are
-    still missing (named in the log)."""
+    still missing."""
     from nstudent.pseudo_labels.writer import missing_shards, select
 
     classifier = load_classifier(teacher_path, prefer="keras")
@@ -206,9 +204,6 @@ def pseudo_label(teacher_path, stage_data, config, out_dir, shards=None, num_sha
                      num_shards, config, out_dir, settings, overwrite)
     if phase == "label":
         return None
-    missing = missing_shards(out_dir, num_shards)
-    if missing and phase == "all":
-        logging.info("Selection waits for shards %s of %d; it runs once they are labeled.",
-                     ", ".join(map(str, missing)), num_shards)
-        return None
+    if phase == "all" and missing_shards(out_dir, num_shards):
+        return None  # the caller names them (missing_shards)
     return select(stage_data, config, out_dir, settings, overwrite=overwrite)

@@ -20,7 +20,6 @@ A shard is complete when its stats exist and the TFRecord has the recorded size.
 import dataclasses
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from nstudent.data.decode import decode
@@ -141,16 +140,3 @@ def read_records(directory):
     pl = load_pseudo_labels(directory)
     return list(pl.records_dataset().as_numpy_iterator())
 
-
-def copies_per_index(records):
-    """{source index: copies}: the multiset of source images a set holds."""
-    return {int(r["index"]): int(r["copies"]) for r in records}
-
-
-def class_runs(classes):
-    """Lengths of the runs of equal consecutive values (how sorted an order is)."""
-    classes = np.asarray(classes)
-    if not len(classes):
-        return np.zeros(0, np.int64)
-    edges = np.flatnonzero(np.diff(classes)) + 1
-    return np.diff(np.concatenate([[0], edges, [len(classes)]]))

@@ -35,6 +35,11 @@ def shard_name(shard_index, num_shards):
     return f"shard-{shard_index:05d}-of-{num_shards:05d}"
 
 
+def chunk_rows(requested, j, chunk_size):
+    """The source indices of chunk j of a shard whose indices are `requested`."""
+    return requested[j * chunk_size:(j + 1) * chunk_size]
+
+
 def shard_rows(indices, shard_index, num_shards):
     """The source indices of shard `shard_index`: every num_shards-th of the sorted
     indices, so shards see the same class mix and their union is every index once."""
@@ -72,18 +77,21 @@ class LabelShard:
             if os.path.exists(self.done_path):
                 os.remove(self.done_path)
         if os.path.exists(self.settings_path):
-            stored = read_json(self.settings_path)
-            if stored != settings:
-                raise ShardError(
-                    f"{self.dir} was labeled with other settings "
-                    f"({_difference(stored, settings)}); use another "
-                    "--out, or --overwrite to label it again.")
+            self.check(settings)
             for stale in glob.glob(os.path.join(self.dir, ".*.tmp-*")):  # a killed write
                 shutil.rmtree(stale, ignore_errors=True)
             return self.finished_chunks()
         os.makedirs(self.dir, exist_ok=True)
         write_json(self.settings_path, settings)
         return []
+
+    def check(self, settings):
+        """Refuses to resume or reuse a shard labeled with other settings."""
+        stored = read_json(self.settings_path)
+        if stored != settings:
+            raise ShardError(f"{self.dir} was labeled with other settings "
+                             f"({settings_difference(stored, settings)}); use another "
+                             "--out, or --overwrite to label it again.")
 
     def write_chunk(self, j, index, logits, predicted, confidence, skipped, requested):
         with atomic_path(self.chunk_path(j), suffix=".npz") as tmp:
@@ -109,10 +117,11 @@ class LabelShard:
             yield self.read_chunk(j, fields)
 
 
-def label_shards(out_dir, num_shards):
+def all_shards(out_dir, num_shards):
     return [LabelShard(out_dir, i, num_shards) for i in range(num_shards)]
 
 
-def _difference(stored, wanted):
+def settings_difference(stored, wanted):
+    """The first keys on which two settings differ, with both values."""
     keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     return "; ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in keys[:4])

@@ -24,19 +24,19 @@ from nstudent.pseudo_labels.labeler import labeling_settings
 from nstudent.pseudo_labels.selection import balance, soften
 from nstudent.pseudo_labels.shards import (
     STATS, example, output_is_complete, output_paths)
-from nstudent.pseudo_labels.store import LabelShard, ShardError
+from nstudent.pseudo_labels.store import ShardError, all_shards, settings_difference
 
 BUCKET_RECORDS = 4096  # records per shuffle bucket (memory: one bucket)
 MAX_BUCKETS = 256
 
 
 def missing_shards(out_dir, num_shards):
-    return [i for i in range(num_shards) if not LabelShard(out_dir, i, num_shards).complete]
+    return [s.index for s in all_shards(out_dir, num_shards) if not s.complete]
 
 
 def _check_labeled(out_dir, num_shards, settings):
     """The label shards, all complete and made by this teacher with these settings."""
-    shards = [LabelShard(out_dir, i, num_shards) for i in range(num_shards)]
+    shards = all_shards(out_dir, num_shards)
     missing = [s for s in shards if not s.complete]
     if missing:
         def state(s):
@@ -52,11 +52,10 @@ def _check_labeled(out_dir, num_shards, settings):
     for s in shards:
         stored = s.stats()["settings"]
         if stored != wanted:
-            keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
             raise ShardError(
                 f"Shard {s.index} in {out_dir!r} was labeled by another teacher or with "
-                f"other settings ({', '.join(f'{k}: {stored.get(k)!r}' for k in keys[:3])}); "
-                "label again with --overwrite, or use another --out.")
+                f"other settings ({settings_difference(stored, wanted)}); label again "
+                "with --overwrite, or use another --out.")
     return shards
 
 
