@@ -57,6 +57,13 @@ flags.DEFINE_float("randaugment_magnitude", 9.0, "RandAugment magnitude M, 0-10.
 flags.DEFINE_enum("feed", "auto", ["auto", "tf_data", "numpy"],
                   "Input path; auto: tf_data where TensorFlow is installed, else numpy.")
 flags.DEFINE_list("only", [], "Figures to measure (default: all).")
+flags.DEFINE_enum("distribution", "none", ["auto", "none", "data_parallel"],
+                  "As in training: data_parallel replicates the training figures over "
+                  "every local device; --batch_size stays global.")
+flags.DEFINE_bool("sync_batchnorm", False, "TensorFlow: synchronised batch norm.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the host CPU into this many devices "
+                     "(TensorFlow logical devices / XLA host devices) to try data_parallel "
+                     "without accelerators; 0: as found.")
 FLAGS = flags.FLAGS
 FIGURES = ("input_pipeline", "train_step", "supervised_train", "pseudo_label",
            "noisy_student_train")
@@ -135,10 +142,30 @@ class Inputs:
         return tf.data.Dataset.from_tensors(next(iter(self.labeled()))).repeat()
 
 
+def _split_cpu(count):
+    """Before TensorFlow or JAX start: `count` CPU devices."""
+    if keras_backend() == "jax":
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={count}")
+    else:
+        import tensorflow as tf
+
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def keras_backend():
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def main(argv):
+    if FLAGS.cpu_devices > 1:
+        _split_cpu(FLAGS.cpu_devices)
     import keras
 
     from nstudent import augment, data, models
+    from nstudent.training import distribute
     from nstudent.training.optim import make_optimizer
     from nstudent.training.steps import NoisyStudent, with_device_noise
     from nstudent.training.supervised import (
@@ -153,6 +180,7 @@ def main(argv):
     if feed == "numpy" and impl not in ("device", "none"):
         raise app.UsageError(f"--feed=numpy needs --randaugment_impl=device (or none), "
                              f"not {impl}: host RandAugment runs in tf.data.")
+    placement = distribute.configure_distribution(FLAGS.distribution, FLAGS.sync_batchnorm)
     keras.mixed_precision.set_global_policy(FLAGS.precision)
     only = set(FLAGS.only or FIGURES)
     if feed == "numpy":
@@ -180,7 +208,8 @@ def main(argv):
               "batch_size": b, "precision": FLAGS.precision, "feed": feed,
               "randaugment_impl": impl, "backend": keras.backend.backend(),
               "device": device, "cpus": os.cpu_count(), "machine": platform.machine(),
-              "keras": keras.__version__, "tensorflow": tf_version}
+              "keras": keras.__version__, "tensorflow": tf_version,
+              "distribution": placement.mode, "replicas": placement.replicas}
 
     def report(figure, images_per_second, **extra):
         print(json.dumps({"bench": "throughput", "figure": figure,
@@ -194,8 +223,11 @@ def main(argv):
         return _steady(timer.seconds, steps * images_per_step)
 
     def supervised():
-        model = with_device_noise(models.build_efficientnet(config), input_config)
-        compile_for_training(model, train_config, steps)
+        with placement.scope():
+            network = models.build_efficientnet(config)
+            model = with_device_noise(network, input_config)
+            compile_for_training(model, train_config, steps)
+        distribute.synchronise_batch_norm(network, placement)
         return model
 
     if "input_pipeline" in only:
@@ -230,11 +262,13 @@ def main(argv):
                 train = tf.data.Dataset.zip((inputs.labeled(), data.train_dataset(
                     pseudo.dataset(), FLAGS.num_classes, pseudo_config))).prefetch(
                         tf.data.AUTOTUNE)
-            student = NoisyStudent(with_device_noise(models.build_efficientnet(config),
-                                                     input_config))
-            student.compile(optimizer=make_optimizer("adamw", 1e-3, 0.05,
-                                                     steps * FLAGS.epochs, 0),
-                            jit_compile=parse_jit(FLAGS.jit_compile))
+            with placement.scope():
+                network = models.build_efficientnet(config)
+                student = NoisyStudent(with_device_noise(network, input_config))
+                student.compile(optimizer=make_optimizer("adamw", 1e-3, 0.05,
+                                                         steps * FLAGS.epochs, 0),
+                                jit_compile=parse_jit(FLAGS.jit_compile))
+            distribute.synchronise_batch_norm(network, placement)
             report("noisy_student_train", fit(student, train, b * (1 + ratio)),
                    unlabeled_ratio=ratio, jit_compile=bool(student.jit_compile))
 

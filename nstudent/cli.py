@@ -18,6 +18,7 @@ def define_shared_flags():
     define_pseudo_label_flags()
     define_student_flags()
     define_finetune_flags()
+    define_distribution_flags()
 
 
 def define_data_flags():
@@ -105,6 +106,21 @@ def define_train_flags():
                         "nothing is downloaded.")
     flags.DEFINE_string("jit_compile", "auto", "auto|true|false. auto: XLA on "
                         "accelerators and on JAX, not on CPU with TensorFlow.")
+    flags.DEFINE_float("ema_decay", 0.0, "Keep an exponential moving average of the "
+                       "weights with this decay per step (e.g. 0.9999 for long runs, as the "
+                       "reference; ~1 - 10/steps for short ones); evaluation, "
+                       "pseudo-labeling and exports then use the averaged weights. 0: off.")
+    flags.DEFINE_integer("grad_accum_steps", 1, "Accumulate gradients over this many "
+                         "batches per update (an effective batch k x --batch_size, for "
+                         "large models on small devices).")
+    flags.DEFINE_integer("eval_every_epochs", 0, "Validate every this many epochs (and "
+                         "after the last) to the console and TensorBoard; 0: off.")
+    flags.DEFINE_float("validation_fraction", 0.0, "Validate on this fraction of each "
+                       "class's labeled images, held out from training; 0: on the test "
+                       "split.")
+    flags.DEFINE_integer("backup_every_steps", 0, "Back up the training state every this "
+                         "many steps as well as after every epoch (<out>/backup/); a "
+                         "killed stage re-run with the same command resumes there.")
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                       "Keras dtype policy.")
 
@@ -123,6 +139,18 @@ def define_pseudo_label_flags():
     flags.DEFINE_integer("label_chunk_size", 16384, "Images per chunk of a labeling shard: "
                          "each chunk is saved as it finishes, and a killed shard resumes "
                          "at its first missing chunk.")
+
+
+def define_distribution_flags():
+    flags.DEFINE_enum("distribution", "auto", list(training.DISTRIBUTIONS),
+                      "auto: every local accelerator when there are several, else one "
+                      "device; data_parallel: every local device (TensorFlow: "
+                      "MirroredStrategy; JAX: keras.distribution.DataParallel); none: one "
+                      "device. Several machines: TF_CONFIG (TensorFlow) or "
+                      "KERAS_DISTRIBUTION_* (JAX), see README. --batch_size stays global.")
+    flags.DEFINE_bool("sync_batchnorm", False, "TensorFlow, several replicas: batch-norm "
+                      "statistics over the global batch instead of each replica's (JAX "
+                      "always computes them over the global batch).")
 
 
 def label_config():
@@ -184,7 +212,7 @@ def load_stage_data(test=True, unlabeled=False):
     return data.StageData(
         info, splits[FLAGS.train_split], splits.get(FLAGS.test_split) if test else None,
         FLAGS.labels_per_class, FLAGS.seed, FLAGS.dataset, source,
-        FLAGS.unlabeled_dataset or "")
+        FLAGS.unlabeled_dataset or "", FLAGS.validation_fraction)
 
 
 def _pair(name):
@@ -221,7 +249,10 @@ def train_config():
         optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
         weight_decay=FLAGS.weight_decay, warmup_epochs=FLAGS.warmup_epochs,
         label_smoothing=FLAGS.label_smoothing, jit_compile=FLAGS.jit_compile,
-        bn_recalibration_batches=FLAGS.bn_recalibration_batches)
+        bn_recalibration_batches=FLAGS.bn_recalibration_batches,
+        ema_decay=FLAGS.ema_decay, grad_accum_steps=FLAGS.grad_accum_steps,
+        eval_every_epochs=FLAGS.eval_every_epochs,
+        backup_every_steps=FLAGS.backup_every_steps)
 
 
 def validate_flags():
@@ -233,6 +264,12 @@ def validate_flags():
         raise data.DataError(f"--channels must be 1 or 3, got {FLAGS.channels}.")
     if "min_confidence" in FLAGS:
         label_config()  # raises on a bad --temperature, --min_confidence, sizes
+    train_config()  # --grad_accum_steps, --ema_decay, ...
+    if not 0.0 <= FLAGS.validation_fraction < 1.0:
+        raise ValueError(f"--validation_fraction must be in [0, 1), got "
+                         f"{FLAGS.validation_fraction}.")
+    training.check_distribution(FLAGS.distribution)
+    training.parse_tf_config(os.environ.get("TF_CONFIG", ""))  # names a malformed field
 
 
 def run_stage(stage, validate=True):
@@ -244,6 +281,8 @@ def run_stage(stage, validate=True):
             validate_flags()
         return stage() or 0
     except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("NSTUDENT_TRACEBACK"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - a TensorFlow error from inside tf.data
@@ -265,6 +304,8 @@ def setup_runtime():
     import logging as py_logging
 
     py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)  # export chatter
+    # first: a multi-worker strategy must exist before TensorFlow runs any op
+    training.configure_distribution(FLAGS.distribution, FLAGS.sync_batchnorm)
     keras.mixed_precision.set_global_policy(FLAGS.precision)
     keras.utils.set_random_seed(FLAGS.seed)
     logging.info("Keras %s, backend %s, precision %s", keras.__version__,

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from nstudent.data.sources import DataError, DatasetInfo, Split
-from nstudent.data.subsets import split_labeled
+from nstudent.data.subsets import carve_validation, split_labeled
 
 MAX_NAMED_SKIPS = 10
 
@@ -24,15 +24,30 @@ class StageData:
     dataset: str = ""  # the --dataset spec
     unlabeled_source: Optional[Split] = None  # --unlabeled_dataset, when given
     unlabeled_spec: str = ""
+    validation_fraction: float = 0.0  # of the labeled subset, held out to validate on
 
     @functools.cached_property
     def _subset(self):
-        return split_labeled(self.train.labels, self.info.num_classes,
-                             self.labels_per_class, self.seed)
+        """(labeled for training, unlabeled, held-out labeled for validation)."""
+        labeled, unlabeled = split_labeled(self.train.labels, self.info.num_classes,
+                                           self.labels_per_class, self.seed)
+        train, validation = carve_validation(labeled, self.train.labels,
+                                             self.validation_fraction, self.seed)
+        return train, unlabeled, validation
 
     @property
     def labeled_indices(self):
         return self._subset[0]
+
+    @property
+    def validation_indices(self):
+        return self._subset[2]
+
+    def identity(self):
+        """What a training state depends on in the data (a backup's check)."""
+        return {"dataset": self.dataset, "labels_per_class": self.labels_per_class,
+                "seed": self.seed, "validation_fraction": self.validation_fraction,
+                "labeled": len(self.labeled_indices), "num_classes": self.info.num_classes}
 
     def labeled(self, batch_size=None, shuffle=False):
         """(uint8 image, label) of the labeled subset, shuffled before decoding every pass
@@ -71,5 +86,7 @@ class StageData:
         skipped = self.skipped_files(unlabeled=False)
         return {"dataset": self.dataset, "unlabeled_dataset": self.unlabeled_spec or None,
                 "labels_per_class": self.labels_per_class,
+                "validation_fraction": self.validation_fraction,
+                "validation_examples": len(self.validation_indices),
                 "skipped_unreadable_images": len(skipped),
                 "skipped_unreadable_first": skipped[:MAX_NAMED_SKIPS]}

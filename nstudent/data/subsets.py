@@ -26,3 +26,24 @@ def split_labeled(labels, num_classes, labels_per_class, seed):
     labeled = np.sort(np.concatenate(chosen))
     unlabeled = np.setdiff1d(np.arange(len(labels)), labeled)
     return labeled, unlabeled
+
+
+def carve_validation(labeled, labels, fraction, seed):
+    """Holds out `fraction` of each class's labeled examples (at least one where a
+    class has two or more) for validation: returns (train, validation) indices,
+    sorted. Depends only on the labels and the seed."""
+    labeled = np.asarray(labeled)
+    if fraction <= 0:
+        return labeled, labeled[:0]
+    if fraction >= 1:
+        raise DataError(f"--validation_fraction must be below 1, got {fraction}.")
+    labels = np.asarray(labels)[labeled]
+    rng = np.random.default_rng([seed, 1])
+    held = []
+    for c in np.unique(labels):
+        members = labeled[labels == c]
+        n = min(max(int(round(fraction * len(members))), 1), len(members) - 1)
+        if n > 0:
+            held.append(rng.choice(members, n, replace=False))
+    validation = np.sort(np.concatenate(held)) if held else labeled[:0]
+    return np.setdiff1d(labeled, validation), validation

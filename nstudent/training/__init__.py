@@ -9,6 +9,9 @@ _HOMES = {
     "compile_for_training": "supervised", "fit": "supervised",
     "progress_verbosity": "supervised",
     "train_student": "student", "train_teacher": "teacher",
+    "DISTRIBUTIONS": "distribute", "check_distribution": "distribute",
+    "configure_distribution": "distribute", "parse_tf_config": "distribute",
+    "StageRun": "runs",
 }
 __all__ = sorted(_HOMES)
 __getattr__ = lazy.exports(__name__, _HOMES)

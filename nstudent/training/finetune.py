@@ -8,14 +8,13 @@ too (Keras runs a non-trainable BatchNormalization in inference mode).
 
 import dataclasses
 import os
-import time
 
 from absl import logging
 
 from nstudent import data, models
 from nstudent.evaluation import load_classifier
-from nstudent.training.runs import finish_run, images_only
-from nstudent.training.supervised import compile_for_training, fit
+from nstudent.training.runs import StageRun, images_only
+from nstudent.training.supervised import compile_for_training
 
 STEM_LAYERS = ("rescale", "stem_conv", "stem_bn", "stem_activation")
 
@@ -57,7 +56,6 @@ def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_confi
              freeze_blocks=-1):
     """Fine-tunes the run's model at `image_size` on the labeled subset, without
     augmentation (the evaluation preprocessing at the new resolution); exports it."""
-    start = time.time()
     info = stage_data.info
     teacher = load_classifier(run_dir, prefer="keras")
     if teacher.keras_model is None or not teacher.info:
@@ -73,10 +71,12 @@ def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_confi
         logging.warning("Fine-tuning at %d px, not above the training resolution %d px.",
                         image_size, config.resolved_image_size)
     config = config.replace(image_size=image_size)
-    network = models.build_efficientnet(config)
-    network.set_weights(teacher.keras_model.get_weights())
-    blocks = default_frozen_blocks(network) if freeze_blocks < 0 else freeze_blocks
-    frozen = freeze(network, blocks)
+    run = StageRun("finetune", out_dir, stage_data, config, input_config, train_config)
+    with run.scope():
+        network = models.build_efficientnet(config)
+        network.set_weights(teacher.keras_model.get_weights())
+        blocks = default_frozen_blocks(network) if freeze_blocks < 0 else freeze_blocks
+        frozen = freeze(network, blocks)
     logging.info("Fine-tuning %s at %d px: stem and %d of %d blocks frozen (%d layers), "
                  "%d trainable weights.", run_dir, image_size, blocks,
                  len(models.block_names(network)), len(frozen),
@@ -93,13 +93,14 @@ def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_confi
         center_crop=crop or input_config.center_crop)
     train_ds = data.train_dataset(labeled, info.num_classes, input_config, augment=False,
                                   seed=stage_data.seed, num_examples=count, shuffled=True)
-    compile_for_training(network, train_config, steps)
-    history, epoch_seconds = fit(network, train_ds, steps, train_config.epochs,
-                                 os.path.join(out_dir, "logs"))
-    return finish_run(
-        out_dir, network, config, stage_data, input_config, train_config,
-        labeled.map(images_only), start, history, epoch_seconds, batch, steps, {
-            "stage": "finetune", "source": os.path.abspath(run_dir),
+    run.input_config = input_config
+    with run.scope():
+        compile_for_training(network, train_config, steps)
+    history, epoch_seconds = run.fit(network, network, train_ds, steps, {
+        "source": os.path.abspath(run_dir), "frozen_blocks": blocks})
+    return run.finish(
+        network, labeled.map(images_only), history, epoch_seconds, batch, steps, {
+            "source": os.path.abspath(run_dir),
             "resolution": image_size, "frozen_blocks": blocks, "frozen_layers": frozen,
             "labeled_examples": int(count),
             "jit_compile": bool(network.jit_compile)})

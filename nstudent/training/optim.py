@@ -1,6 +1,15 @@
-"""Optimizer and learning-rate schedule from a few flags."""
+"""Optimizer and learning-rate schedule from a few flags.
+
+Everything here is Keras' own: decoupled weight decay (kept off batch-norm
+parameters and biases, as timm and the reference do), the exponential moving
+average of the weights (`use_ema`) and gradient accumulation
+(`gradient_accumulation_steps`). The schedule counts micro-steps, as Keras'
+optimizer evaluates it; with accumulation the moving average is also updated
+every micro-step (a decay d per micro-step is d**k per update).
+"""
 
 import keras
+from absl import logging
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 
@@ -15,14 +24,43 @@ def learning_rate_schedule(peak, total_steps, warmup_steps):
         warmup_steps=warmup_steps)
 
 
-def make_optimizer(name, learning_rate, weight_decay, total_steps, warmup_steps):
+def make_optimizer(name, learning_rate, weight_decay, total_steps, warmup_steps,
+                   ema_decay=0.0, grad_accum_steps=1):
     lr = learning_rate_schedule(learning_rate, total_steps, warmup_steps)
+    shared = dict(use_ema=ema_decay > 0, ema_momentum=ema_decay or 0.99,
+                  gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1
+                  else None)
     if name == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=weight_decay)
+        return keras.optimizers.AdamW(lr, weight_decay=weight_decay, **shared)
     if name == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True,
-                                    weight_decay=weight_decay or None)
+                                    weight_decay=weight_decay or None, **shared)
     if name == "rmsprop":  # the paper's optimizer
         return keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3,
-                                        weight_decay=weight_decay or None)
+                                        weight_decay=weight_decay or None, **shared)
     raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+def decayed_variables(variables):
+    """Weight decay applies to kernels only: not to batch-norm scales and offsets
+    nor to biases, i.e. to no variable of rank below 2."""
+    return [v for v in variables if len(v.shape) >= 2]
+
+
+def optimizer_for(config, steps_per_epoch, variables):
+    """The optimizer a TrainConfig asks for, over `steps_per_epoch` x epochs steps;
+    weight decay leaves `variables` of rank < 2 alone."""
+    total = steps_per_epoch * config.epochs
+    if config.ema_decay and config.ema_decay ** total > 0.1:
+        logging.warning(
+            "--ema_decay=%g over %d steps: the average still holds %.0f%% of the first "
+            "step's weights; a decay near 1 - 10/steps (%.4f) suits this run.",
+            config.ema_decay, total, 100 * config.ema_decay ** total,
+            max(0.0, 1 - 10 / max(total, 1)))
+    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.weight_decay,
+                               total, int(config.warmup_epochs * steps_per_epoch),
+                               config.ema_decay, config.grad_accum_steps)
+    kept = [v for v in variables if len(v.shape) < 2]
+    if config.weight_decay and kept:
+        optimizer.exclude_from_weight_decay(var_list=kept)
+    return optimizer

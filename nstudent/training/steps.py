@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from nstudent.augment.device import device_noise
+from nstudent.training.distribute import scale_loss
 
 
 class Noised(keras.Model):
@@ -43,13 +44,20 @@ class NoisyStudent(keras.Model):
     uint8 batches when `network` is `with_device_noise`'s Noised), dropout and
     stochastic depth. The loss is
     cross-entropy on the labels plus `pseudo_loss_weight` times cross-entropy
-    against the teacher's soft labels; both parts are logged.
+    against the teacher's soft labels; both parts are logged. `label_smoothing`
+    smooths the labels and, when they are one-hot (`hard_pseudo_labels`), the
+    pseudo-labels; soft pseudo-labels are left as the teacher gave them.
+    On several replicas (tf.distribute) each replica's loss is divided by their
+    number, as Keras' own step does, so the summed gradient is the global mean's.
     """
 
-    def __init__(self, network, pseudo_loss_weight=1.0, **kwargs):
+    def __init__(self, network, pseudo_loss_weight=1.0, label_smoothing=0.0,
+                 hard_pseudo_labels=False, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.pseudo_loss_weight = float(pseudo_loss_weight)
+        self.label_smoothing = float(label_smoothing)
+        self.pseudo_smoothing = float(label_smoothing) if hard_pseudo_labels else 0.0
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.labeled_loss_tracker = keras.metrics.Mean(name="labeled_loss")
         self.pseudo_loss_tracker = keras.metrics.Mean(name="pseudo_loss")
@@ -70,9 +78,9 @@ class NoisyStudent(keras.Model):
         logits = ops.cast(logits, "float32")
         n = y_labeled.shape[0]
         labeled = ops.mean(keras.losses.categorical_crossentropy(
-            y_labeled, logits[:n], from_logits=True))
+            y_labeled, logits[:n], from_logits=True, label_smoothing=self.label_smoothing))
         pseudo = ops.mean(keras.losses.categorical_crossentropy(
-            y_pseudo, logits[n:], from_logits=True))
+            y_pseudo, logits[n:], from_logits=True, label_smoothing=self.pseudo_smoothing))
         return labeled + self.pseudo_loss_weight * pseudo, labeled, pseudo
 
     def _update_metrics(self, losses, logits, y_labeled, y_pseudo):
@@ -99,7 +107,7 @@ class NoisyStudent(keras.Model):
         with tf.GradientTape() as tape:
             logits = self(images, training=True)
             losses = self._noisy_student_losses(logits, y_labeled, y_pseudo)
-            scaled = self.optimizer.scale_loss(losses[0])
+            scaled = self.optimizer.scale_loss(scale_loss(losses[0]))
         variables = self.trainable_variables
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
         return self._update_metrics(losses, logits, y_labeled, y_pseudo)

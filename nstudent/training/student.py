@@ -6,17 +6,16 @@ pass over the pseudo-labeled images.
 """
 
 import dataclasses
-import time
 
 import tensorflow as tf
 from absl import logging
 
 from nstudent import data, models
 from nstudent.evaluation import load_classifier
-from nstudent.training.optim import make_optimizer
-from nstudent.training.runs import finish_run, images_only
+from nstudent.training.optim import optimizer_for
+from nstudent.training.runs import StageRun, images_only
 from nstudent.training.steps import NoisyStudent, with_device_noise
-from nstudent.training.supervised import fit, parse_jit
+from nstudent.training.supervised import parse_jit
 
 
 NORMALISATION = ("input_mean", "input_std")
@@ -49,7 +48,6 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
     batch_size labeled and unlabeled_ratio * batch_size pseudo-labeled images.
     Returns the metrics written to <out_dir>/metrics.json.
     """
-    start = time.time()
     info, seed = stage_data.info, stage_data.seed
     if pseudo.num_classes != info.num_classes or list(pseudo.class_names) != list(
             info.class_names):
@@ -76,33 +74,36 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
                                    seed=seed + 1, num_examples=pseudo.records)
     train_ds = tf.data.Dataset.zip((labeled_ds, pseudo_ds)).prefetch(tf.data.AUTOTUNE)
 
-    if init_from_teacher:
-        model_config, teacher = _teacher_network(pseudo.settings["teacher"],
-                                                 model_config)
-        network = models.build_efficientnet(model_config)
-        network.set_weights(teacher.get_weights())
-        logging.info("Student starts from the teacher's weights.")
-    else:
-        model_config, network = models.build_with_weights(model_config, init_weights)
+    run = StageRun("student", out_dir, stage_data, model_config, input_config, train_config)
+    with run.scope():
+        if init_from_teacher:
+            model_config, teacher = _teacher_network(pseudo.settings["teacher"],
+                                                     model_config)
+            network = models.build_efficientnet(model_config)
+            network.set_weights(teacher.get_weights())
+            logging.info("Student starts from the teacher's weights.")
+        else:
+            model_config, network = models.build_with_weights(model_config, init_weights)
+        run.model_config = model_config
+        student = NoisyStudent(with_device_noise(network, input_config, seed),
+                               pseudo_loss_weight, train_config.label_smoothing,
+                               hard_pseudo_labels=bool(pseudo.settings.get("hard")))
+        student.compile(optimizer=optimizer_for(train_config, steps,
+                                                network.trainable_variables),
+                        jit_compile=parse_jit(train_config.jit_compile))
     teacher_params = pseudo.settings.get("teacher_parameters")
     if teacher_params and network.count_params() < teacher_params:
         logging.warning("The student (%d parameters) is smaller than its teacher (%d): "
                         "noisy student expects an equal or larger student.",
                         network.count_params(), teacher_params)
-    student = NoisyStudent(with_device_noise(network, input_config, seed),
-                           pseudo_loss_weight)
-    student.compile(
-        optimizer=make_optimizer(train_config.optimizer, train_config.learning_rate,
-                                 train_config.weight_decay, steps * train_config.epochs,
-                                 int(train_config.warmup_epochs * steps)),
-        jit_compile=parse_jit(train_config.jit_compile))
-    history, epoch_seconds = fit(student, train_ds, steps, train_config.epochs,
-                                 f"{out_dir}/logs")
+    history, epoch_seconds = run.fit(student, network, train_ds, steps, {
+        "pseudo_labels": pseudo.settings, "unlabeled_ratio": unlabeled_ratio,
+        "pseudo_loss_weight": pseudo_loss_weight,
+        "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights})
     clean = labeled.map(images_only).concatenate(pseudo.dataset().map(images_only))
-    return finish_run(
-        out_dir, network, model_config, stage_data, input_config, train_config, clean,
-        start, history, epoch_seconds, batch + pseudo_batch, steps, {
-            "stage": "student", "labeled_examples": int(count),
+    return run.finish(
+        network, clean, history, epoch_seconds, batch + pseudo_batch, steps, {
+            "labeled_examples": int(count),
             "pseudo_labeled_examples": pseudo.records, "pseudo_labels": pseudo.directory,
             "teacher": pseudo.settings.get("teacher"),
             "teacher_parameters": teacher_params, "unlabeled_ratio": unlabeled_ratio,

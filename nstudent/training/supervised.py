@@ -1,12 +1,16 @@
-"""Supervised training of a teacher (all noise on) with Keras' fit."""
+"""Supervised training of a teacher (all noise on) with Keras' fit, and the fit loop
+every stage shares: backups, validation, the averaged weights at the end."""
 
+import contextlib
 import dataclasses
 import sys
 import time
 
 import keras
+import numpy as np
+from absl import logging
 
-from nstudent.training.optim import make_optimizer
+from nstudent.training.optim import optimizer_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,11 +19,38 @@ class TrainConfig:
     steps_per_epoch: int = 0  # 0: one pass over the labeled examples
     optimizer: str = "adamw"
     learning_rate: float = 2e-3
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # kernels only (not batch norm, not biases)
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # labels, and hard pseudo-labels
     jit_compile: str = "auto"  # auto: XLA on accelerators, not on CPU (5x slower here)
     bn_recalibration_batches: int = 100  # precise BN after training; 0: off
+    ema_decay: float = 0.0  # 0: no moving average of the weights
+    grad_accum_steps: int = 1
+    eval_every_epochs: int = 0  # 0: no validation during training
+    backup_every_steps: int = 0  # 0: back up at the end of each epoch only
+
+    def __post_init__(self):
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"--grad_accum_steps must be at least 1, got "
+                             f"{self.grad_accum_steps}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label_smoothing must be in [0, 1), got "
+                             f"{self.label_smoothing}.")
+        for name in ("eval_every_epochs", "backup_every_steps", "epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must not be negative.")
+
+    def backup_settings(self):
+        """What makes the training state: a backup made with other values is refused.
+        (How often to back up or validate does not change it.)"""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("eval_every_epochs", "backup_every_steps",
+                             "bn_recalibration_batches", "jit_compile")}
+
+    def report(self):
+        return dataclasses.asdict(self)
 
 
 def parse_jit(value):
@@ -32,15 +63,19 @@ def classification_metrics():
 
 
 def compile_for_training(model, config, steps_per_epoch):
-    total = steps_per_epoch * config.epochs
     model.compile(
-        optimizer=make_optimizer(config.optimizer, config.learning_rate,
-                                 config.weight_decay, total,
-                                 int(config.warmup_epochs * steps_per_epoch)),
+        optimizer=optimizer_for(config, steps_per_epoch, model.trainable_variables),
         loss=keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=config.label_smoothing),
         metrics=classification_metrics(),
         jit_compile=parse_jit(config.jit_compile))
+
+
+def compile_for_evaluation(network):
+    """A network trained inside a wrapper gets a loss and metrics to be evaluated."""
+    if not getattr(network, "compiled", False):
+        network.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                        metrics=classification_metrics())
 
 
 def progress_verbosity():
@@ -49,9 +84,11 @@ def progress_verbosity():
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of every epoch; the first one includes tracing and compilation."""
+    """Wall seconds of every epoch trained (across resumed fits); the first one
+    includes tracing and compilation."""
 
-    def on_train_begin(self, logs=None):
+    def __init__(self):
+        super().__init__()
         self.seconds = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -61,11 +98,95 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def fit(model, train_ds, steps_per_epoch, epochs, log_dir, validation=None):
-    """Runs fit with TensorBoard logs; returns (history dict, seconds of each epoch)."""
+@contextlib.contextmanager
+def ema_weights(optimizer):
+    """The optimizer's moving average in the model's variables for the duration
+    (the raw weights wait in the average's slots), swapped back after."""
+    if not getattr(optimizer, "use_ema", False) or not optimizer.built:
+        yield
+        return
+
+    def swap():
+        for var, average in zip(optimizer._trainable_variables,
+                                optimizer._model_variables_moving_average):
+            raw = keras.ops.convert_to_numpy(var)
+            var.assign(average)
+            average.assign(raw)
+
+    swap()
+    try:
+        yield
+    finally:
+        swap()
+
+
+class Validation(keras.callbacks.Callback):
+    """Scores `network` on `dataset` every `every` epochs and after the last, with the
+    averaged weights when there are: `val_*` in the epoch logs (so TensorBoard's
+    validation run and the history get them) and one console line."""
+
+    def __init__(self, network, dataset, every, source):
+        super().__init__()
+        self.network, self.dataset, self.every, self.source = network, dataset, every, source
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.every and not last:
+            return
+        compile_for_evaluation(self.network)
+        with ema_weights(self.model.optimizer):
+            scores = self.network.evaluate(self.dataset, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{k}": float(v) for k, v in scores.items()})
+        logging.info("Epoch %d: validation (%s) loss %.4f, top-1 %.4f, top-5 %.4f.",
+                     epoch + 1, self.source, scores["loss"], scores["top1"],
+                     scores["top5"])
+
+
+@contextlib.contextmanager
+def _finalize_later(optimizer):
+    """fit() copies the moving average into the weights when it returns; a resumed
+    stage may call fit twice, so that happens once, in `fit` below."""
+    finalize = optimizer.finalize_variable_values
+    optimizer.finalize_variable_values = lambda var_list: None
+    try:
+        yield
+    finally:
+        optimizer.finalize_variable_values = finalize
+
+
+def fit(model, train_ds, steps_per_epoch, epochs, log_dir, backup=None, validation=None):
+    """Runs fit with TensorBoard logs, resuming from `backup` (a StageBackup) at the
+    step it was made; ends with the averaged weights in the model when the optimizer
+    keeps them. Returns (history dict, seconds of each epoch trained here)."""
     timer = EpochTimer()
-    callbacks = [keras.callbacks.TensorBoard(log_dir, write_graph=False), timer]
-    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=validation, callbacks=callbacks, shuffle=False,
-                        verbose=progress_verbosity())
-    return history.history, timer.seconds
+    callbacks = [c for c in (backup, validation) if c is not None]
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
+    callbacks.append(timer)
+    epoch, step = backup.restore(model) if backup is not None else (0, 0)
+    history = {}
+
+    def run(first, last, steps):
+        with _finalize_later(model.optimizer):
+            h = model.fit(train_ds, initial_epoch=first, epochs=last, steps_per_epoch=steps,
+                          callbacks=callbacks, shuffle=False, verbose=progress_verbosity())
+        for key, values in h.history.items():
+            history.setdefault(key, []).extend(values)
+
+    if step and epoch < epochs:  # the rest of the epoch the backup was made in
+        run(epoch, epoch + 1, steps_per_epoch - step)
+        epoch += 1
+    if epoch < epochs:
+        run(epoch, epochs, steps_per_epoch)
+    if hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    return history, timer.seconds
+
+
+def steady_seconds(epoch_seconds):
+    """Seconds of a steady epoch (without the first's tracing); nan when none ran."""
+    if not epoch_seconds:
+        return float("nan")
+    return float(np.median(epoch_seconds[1:] or epoch_seconds))

@@ -1,19 +1,17 @@
 """Trains a supervised teacher end to end: subset, noise, fit, statistics, test, export."""
 
-import time
-
 from absl import logging
 
 from nstudent import data, models
-from nstudent.training.runs import finish_run, images_only
+from nstudent.training.runs import StageRun, images_only
 from nstudent.training.steps import with_device_noise
-from nstudent.training.supervised import compile_for_training, fit
+from nstudent.training.supervised import compile_for_training
 
 
 def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
                   init_weights=None):
     """Returns the metrics dict written to <out_dir>/metrics.json."""
-    start = time.time()
+    run = StageRun("teacher", out_dir, stage_data, model_config, input_config, train_config)
     info, batch = stage_data.info, input_config.batch_size
     labeled = stage_data.labeled(batch, shuffle=True)
     count = len(stage_data.labeled_indices)
@@ -22,19 +20,19 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
     steps = train_config.steps_per_epoch or count // batch
     train_ds = data.train_dataset(labeled, info.num_classes, input_config,
                                   seed=stage_data.seed, num_examples=count, shuffled=True)
-    model_config, network = models.build_with_weights(model_config, init_weights)
+    with run.scope():
+        model_config, network = models.build_with_weights(model_config, init_weights)
+        run.model_config = model_config
+        model = with_device_noise(network, input_config, stage_data.seed)
+        compile_for_training(model, train_config, steps)
     logging.info("EfficientNet-%s: %d parameters, %d px, %d blocks.", model_config.variant,
                  network.count_params(), model_config.resolved_image_size,
                  len(models.block_names(network)))
-    model = with_device_noise(network, input_config, stage_data.seed)
-    compile_for_training(model, train_config, steps)
-    jit = bool(model.jit_compile)
-    history, epoch_seconds = fit(model, train_ds, steps, train_config.epochs,
-                                 f"{out_dir}/logs")
-    return finish_run(
-        out_dir, network, model_config, stage_data, input_config, train_config,
-        labeled.map(images_only), start, history, epoch_seconds, batch, steps, {
-            "stage": "teacher", "labeled_examples": int(count),
-            "unlabeled_examples": int(stage_data.unlabeled_count), "jit_compile": jit,
-            "init_weights": init_weights,
-            "train_top1_last_epoch": float(history["top1"][-1])})
+    history, epoch_seconds = run.fit(model, network, train_ds, steps,
+                                     {"init_weights": init_weights})
+    return run.finish(
+        network, labeled.map(images_only), history, epoch_seconds, batch, steps, {
+            "labeled_examples": int(count),
+            "unlabeled_examples": int(stage_data.unlabeled_count),
+            "jit_compile": bool(model.jit_compile), "init_weights": init_weights,
+            "train_top1_last_epoch": float(history["top1"][-1]) if history else None})
