@@ -216,10 +216,11 @@ def main(argv):
                           "images_per_second": round(images_per_second, 1), **common,
                           **extra}), flush=True)
 
-    def fit(model, ds, images_per_step):
+    def fit(model, network, ds, images_per_step):
         timer = EpochTimer()
-        model.fit(ds, epochs=FLAGS.epochs, steps_per_epoch=steps, callbacks=[timer],
-                  verbose=0)
+        with distribute.synchronised_batch_norm(network, placement):
+            model.fit(ds, epochs=FLAGS.epochs, steps_per_epoch=steps, callbacks=[timer],
+                      verbose=0)
         return _steady(timer.seconds, steps * images_per_step)
 
     def supervised():
@@ -227,8 +228,7 @@ def main(argv):
             network = models.build_efficientnet(config)
             model = with_device_noise(network, input_config)
             compile_for_training(model, train_config, steps)
-        distribute.synchronise_batch_norm(network, placement)
-        return model
+        return network, model
 
     if "input_pipeline" in only:
         it = iter(inputs.labeled())
@@ -238,12 +238,12 @@ def main(argv):
             next(it)
         report("input_pipeline", steps * b / (time.perf_counter() - start))
     if "train_step" in only:
-        model = supervised()
-        report("train_step", fit(model, inputs.one_batch(), b),
+        network, model = supervised()
+        report("train_step", fit(model, network, inputs.one_batch(), b),
                jit_compile=bool(model.jit_compile))
     if "supervised_train" in only:
-        model = supervised()
-        report("supervised_train", fit(model, inputs.labeled(), b),
+        network, model = supervised()
+        report("supervised_train", fit(model, network, inputs.labeled(), b),
                jit_compile=bool(model.jit_compile))
     if only & {"pseudo_label", "noisy_student_train"}:
         teacher = models.build_efficientnet(config)
@@ -268,8 +268,7 @@ def main(argv):
                 student.compile(optimizer=make_optimizer("adamw", 1e-3, 0.05,
                                                          steps * FLAGS.epochs, 0),
                                 jit_compile=parse_jit(FLAGS.jit_compile))
-            distribute.synchronise_batch_norm(network, placement)
-            report("noisy_student_train", fit(student, train, b * (1 + ratio)),
+            report("noisy_student_train", fit(student, network, train, b * (1 + ratio)),
                    unlabeled_ratio=ratio, jit_compile=bool(student.jit_compile))
 
 

@@ -58,9 +58,8 @@ def one_step(placement, student):
             model = network
             compile_for_training(model, TRAIN, 1)
             ds = tf.data.Dataset.from_tensors((X, Y))
-    synced = distribute.synchronise_batch_norm(network, placement)
-    model.fit(ds, epochs=1, verbose=0)
-    distribute.restore_batch_norm(synced)
+    with distribute.synchronised_batch_norm(network, placement):
+        model.fit(ds, epochs=1, verbose=0)
     weights = network.get_weights()
     if BACKEND == "jax":
         keras.distribution.set_distribution(None)

@@ -1,9 +1,9 @@
-"""Resuming a training stage killed mid-way: Keras' BackupAndRestore, made exact.
+"""Resuming a training stage killed mid-way: in place of Keras' BackupAndRestore.
 
 Keras' callback saves the model with its optimizer state every epoch or every
 N steps, but restores to the start of the saved epoch: a mid-epoch backup would
 then train that epoch's first steps twice, and a kill while saving leaves a
-broken file. This one
+broken file. This callback
 - writes each backup beside the last and commits it by renaming one small
   `backup.json` (a kill at any moment leaves the previous backup whole);
 - records the epoch, the step inside it and the optimizer's iteration count, and
@@ -35,14 +35,14 @@ def backup_dir(out_dir, placement):
     return root if placement.is_chief else os.path.join(root, f"worker-{placement.worker_index}")
 
 
-class StageBackup(keras.callbacks.BackupAndRestore):
+class StageBackup(keras.callbacks.Callback):
     """`settings`: a JSON-able dict of what makes the training state (model, data,
     optimizer, schedule); `every_steps`: also back up every that many steps (0: each
     epoch only)."""
 
     def __init__(self, directory, settings, every_steps=0, steps_per_epoch=1):
-        super().__init__(directory, save_freq=every_steps or "epoch",
-                         delete_checkpoint=False)
+        super().__init__()
+        self.backup_dir = directory
         self.settings = json.loads(json.dumps(settings))
         self.every_steps = int(every_steps)
         self.steps_per_epoch = steps_per_epoch
@@ -79,17 +79,13 @@ class StageBackup(keras.callbacks.BackupAndRestore):
         self.epoch, self.step = state["epoch"], state["step"]
         if self.step >= self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
-        self.resumed_from = {"epoch": self.epoch, "step": self.step,
-                             "iterations": state["iterations"]}
+        self.resumed_from = {"epoch": self.epoch, "step": self.step}
         logging.info("Resuming from the backup in %s: %d epoch(s) and %d step(s) done, "
                      "optimizer at iteration %d.", self.backup_dir, self.epoch, self.step,
                      state["iterations"])
         return self.epoch, self.step
 
     # -- save ---------------------------------------------------------------------
-    def on_train_begin(self, logs=None):
-        pass  # restore() ran before fit, so fit can start inside an epoch
-
     def on_epoch_begin(self, epoch, logs=None):
         if epoch != self.epoch:  # a fresh epoch (not the resumed remainder of one)
             self.epoch, self.step = epoch, 0
@@ -105,9 +101,6 @@ class StageBackup(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         self._save(epoch + 1, 0)
         self.epoch, self.step = epoch + 1, 0
-
-    def on_train_end(self, logs=None):
-        pass  # removed by the stage once its exports are complete
 
     def _save(self, epoch, step):
         if hasattr(self.model, "jax_state_sync"):  # JAX keeps state outside mid-epoch

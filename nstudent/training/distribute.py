@@ -7,7 +7,7 @@ This module only picks one from the flags and the environment, checks TF_CONFIG,
 and answers the questions the stages ask: how many replicas, am I the chief,
 which scope to build the model in.
 
-Set once per process (`configure`), before TensorFlow runs any op: a
+Set once per process (`configure_distribution`), before TensorFlow runs any op: a
 MultiWorkerMirroredStrategy must be the first thing it creates.
 """
 
@@ -25,8 +25,9 @@ JAX_PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """What `configure` chose. `strategy`: the tf.distribute strategy (TensorFlow),
-    None for the default one and on JAX (there the global distribution is set)."""
+    """What `configure_distribution` chose. `strategy`: the tf.distribute strategy
+    (TensorFlow); None for the default one and on JAX (there the global distribution
+    is set)."""
     mode: str = "none"  # none | data_parallel | multi_worker
     replicas: int = 1
     workers: int = 1
@@ -131,14 +132,12 @@ def _tf_placement(mode, sync_batchnorm):
                          chief, sync_batchnorm, strategy)
     devices = _tf_devices()
     accelerators = tf.config.list_logical_devices("GPU")
-    if mode == "auto" and len(accelerators) < 2:
-        return Placement(sync_batchnorm=False)
-    if mode == "none":
-        return Placement(sync_batchnorm=False)
+    if mode == "none" or (mode == "auto" and len(accelerators) < 2):
+        return Placement()
     if len(devices) < 2:
         logging.warning("--distribution=data_parallel but only one device (%s): running "
                         "on one.", devices[0] if devices else "none")
-        return Placement(sync_batchnorm=False)
+        return Placement()
     strategy = tf.distribute.MirroredStrategy(devices)
     return Placement("data_parallel", strategy.num_replicas_in_sync, 1, 0, True,
                      sync_batchnorm, strategy)
@@ -155,11 +154,11 @@ def _jax_placement(mode, sync_batchnorm):
     accelerators = [d for d in jax.devices() if d.platform != "cpu"]
     devices = jax.devices()
     if mode == "none" or (mode == "auto" and len(accelerators) < 2 and processes == 1):
-        return Placement(sync_batchnorm=False)
+        return Placement()
     if len(devices) < 2:
         logging.warning("--distribution=data_parallel but only one device (%s): running "
                         "on one.", devices[0])
-        return Placement(sync_batchnorm=False)
+        return Placement()
     if not sync_batchnorm:
         # one jit-compiled program sees the global batch: its statistics are global
         logging.info("JAX: batch-norm statistics are over the global batch (as with "
@@ -189,22 +188,23 @@ def configure_distribution(mode="auto", sync_batchnorm=False):
     return set_current(placement)
 
 
-def synchronise_batch_norm(network, placement=None):
-    """TensorFlow: batch-norm layers all-reduce their batch statistics across replicas
-    (`--sync_batchnorm`). Off after training (`restore_batch_norm`), so exports carry
-    the plain layer."""
+@contextlib.contextmanager
+def synchronised_batch_norm(network, placement=None):
+    """TensorFlow, `--sync_batchnorm`: inside, batch-norm layers all-reduce their batch
+    statistics across replicas; after, they are plain again, so exports carry the
+    plain layer."""
     placement = placement or current()
-    if placement.strategy is None or not placement.sync_batchnorm:
-        return []
-    norms = [l for l in network.layers if isinstance(l, keras.layers.BatchNormalization)]
+    norms = []
+    if placement.strategy is not None and placement.sync_batchnorm:
+        norms = [l for l in network.layers
+                 if isinstance(l, keras.layers.BatchNormalization)]
     for layer in norms:
         layer.synchronized = True
-    return norms
-
-
-def restore_batch_norm(norms):
-    for layer in norms:
-        layer.synchronized = False
+    try:
+        yield
+    finally:
+        for layer in norms:
+            layer.synchronized = False
 
 
 def scale_loss(loss):

@@ -82,20 +82,21 @@ class StageRun:
         validation = None
         if config.eval_every_epochs:
             dataset, source = self.validation_data()
-            with self.scope():
-                compile_for_evaluation(network)
-            distribute.prebuild(network, dataset, self.placement)
+            self._ready_to_evaluate(network, dataset)
             validation = Validation(network, dataset, config.eval_every_epochs, source)
-        synced = distribute.synchronise_batch_norm(network, self.placement)
         distribute.prebuild(model, train_ds, self.placement)
-        try:
+        with distribute.synchronised_batch_norm(network, self.placement):
             result = fit(model, distribute.shard_for_workers(train_ds, self.placement),
                          steps, config.epochs, self.log_dir, self.backup, validation)
-        finally:
-            distribute.restore_batch_norm(synced)
         self.optimizer_iterations = int(keras.ops.convert_to_numpy(
             model.optimizer.iterations))
         return result
+
+    def _ready_to_evaluate(self, network, dataset):
+        """A loss and metrics for `network` (built in the strategy's scope)."""
+        with self.scope():
+            compile_for_evaluation(network)
+        distribute.prebuild(network, dataset, self.placement)
 
     def finish(self, network, clean_images, history, epoch_seconds, images_per_step,
                steps, metrics):
@@ -109,9 +110,7 @@ class StageRun:
         info = stage_data.info
         test_ds = distribute.shard_for_workers(data.eval_dataset(
             stage_data.test.dataset(), info.num_classes, input_config), self.placement)
-        with self.scope():
-            compile_for_evaluation(network)
-        distribute.prebuild(network, test_ds, self.placement)
+        self._ready_to_evaluate(network, test_ds)
         with warnings.catch_warnings():
             # evaluate reads the test stream to its end on purpose; with skipped files
             # its length is unknown and Keras would warn that the input "ran out of data"

@@ -75,10 +75,10 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
     train_ds = tf.data.Dataset.zip((labeled_ds, pseudo_ds)).prefetch(tf.data.AUTOTUNE)
 
     run = StageRun("student", out_dir, stage_data, model_config, input_config, train_config)
+    if init_from_teacher:  # read once, outside the scope: only its weights are copied
+        model_config, teacher = _teacher_network(pseudo.settings["teacher"], model_config)
     with run.scope():
         if init_from_teacher:
-            model_config, teacher = _teacher_network(pseudo.settings["teacher"],
-                                                     model_config)
             network = models.build_efficientnet(model_config)
             network.set_weights(teacher.get_weights())
             logging.info("Student starts from the teacher's weights.")
