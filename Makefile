@@ -27,8 +27,10 @@ main: install
 	$(PY) tools/pipeline.py --flagfile=flags/fashion_mnist_noisy_student.cfg --out=$(OUT) && \
 	echo "main job: $$(( $$(date +%s) - start )) s wall"
 
+# two pytest workers: much of a test is single-threaded (process start-up, tf.data,
+# file I/O), so two overlap well even on two cores
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) runs

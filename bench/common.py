@@ -22,3 +22,17 @@ def read_metrics(run_dir):
 
 def machine():
     return {"cpus": os.cpu_count(), "machine": platform.machine()}
+
+
+def write_results_block(begin, end, block):
+    """Replaces (or appends) the block between the `begin` and `end` markers of
+    RESULTS.md, keeping the hand-written text around it."""
+    path = os.path.join(ROOT, "RESULTS.md")
+    text = open(path).read() if os.path.exists(path) else "# Results\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{head}{begin}\n{block}\n{end}{tail}")
+    os.replace(path + ".tmp", path)

@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from common import ROOT, machine, read_metrics, run_tool
+from common import machine, read_metrics, run_tool, write_results_block
 
 flags.DEFINE_string("out", "runs/bench_noisy_student", "Folder for the runs.")
 flags.DEFINE_integer("generations", 2, "Student generations.")
@@ -92,18 +92,7 @@ def main(argv):
                  f"{r['backend']}; {r['parameters']:,} parameters in every model; corruption "
                  f"and FGSM columns on {FLAGS.robustness_examples} test images spread over "
                  "the test split.")
-        _write_results(f"{accuracy}\n\n{robustness}\n\n{where}")
-
-
-def _write_results(block):
-    """Replaces the generated block of RESULTS.md, keeping the hand-written text."""
-    path = os.path.join(ROOT, "RESULTS.md")
-    text = open(path).read() if os.path.exists(path) else f"# Results\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    with open(path + ".tmp", "w") as f:
-        f.write(f"{head}{BEGIN}\n{block}\n{END}{tail}")
-    os.replace(path + ".tmp", path)
+        write_results_block(BEGIN, END, f"{accuracy}\n\n{robustness}\n\n{where}")
 
 
 if __name__ == "__main__":

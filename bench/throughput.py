@@ -14,7 +14,9 @@ warm-up epoch that pays for tracing and compilation):
 - pseudo_label: teacher inference plus filtering and balancing, and (with
   tf.data) writing the shards, read back by noisy_student_train;
 - input_pipeline: the augmented tf.data pipeline alone (no model);
-- train_step: the supervised step alone, on one batch repeated from memory.
+- train_step: the supervised step alone, on one batch repeated from memory;
+- pretrain_train: SimCLR pretraining, views per second (2 per image: both
+  views counted) through ContrastiveLearner's step, the views made inside it.
 
 --feed=tf_data is the project's real input pipeline. --feed=numpy feeds uint8
 batches from host memory without TensorFlow (the GPU machine has none), so it
@@ -66,7 +68,7 @@ flags.DEFINE_integer("cpu_devices", 0, "Split the host CPU into this many device
                      "without accelerators; 0: as found.")
 FLAGS = flags.FLAGS
 FIGURES = ("input_pipeline", "train_step", "supervised_train", "pseudo_label",
-           "noisy_student_train")
+           "noisy_student_train", "pretrain_train")
 
 
 def _steady(epoch_seconds, images_per_epoch):
@@ -166,7 +168,7 @@ def main(argv):
 
     from nstudent import augment, data, models
     from nstudent.training import distribute
-    from nstudent.training.optim import make_optimizer
+    from nstudent.training.optim import make_optimizer, optimizer_for
     from nstudent.training.steps import NoisyStudent, with_device_noise
     from nstudent.training.supervised import (
         EpochTimer, TrainConfig, compile_for_training, parse_jit)
@@ -245,6 +247,31 @@ def main(argv):
         network, model = supervised()
         report("supervised_train", fit(model, network, inputs.labeled(), b),
                jit_compile=bool(model.jit_compile))
+    if "pretrain_train" in only:
+        from nstudent.augment import ContrastiveViews
+        from nstudent.pretraining import ContrastiveLearner, HeadConfig, build_pretrain_network
+
+        pretrain_config = TrainConfig(epochs=FLAGS.epochs, optimizer="lars",
+                                      learning_rate=1.0, weight_decay=1e-4,
+                                      jit_compile=FLAGS.jit_compile)
+        with placement.scope():
+            network = build_pretrain_network(config, HeadConfig())
+            learner = ContrastiveLearner(network, ContrastiveViews(blur=FLAGS.image_size >= 96),
+                                         FLAGS.num_classes, 0.1)
+            learner.compile(optimizer=optimizer_for(pretrain_config, steps,
+                                                    learner.trainable_variables),
+                            jit_compile=parse_jit(FLAGS.jit_compile))
+        unlabeled = inputs.labels.copy()
+        unlabeled[1::2] = -1  # half the images unlabeled: the probe sees the rest
+        if feed == "numpy":
+            batches = _numpy_batches(NumpyFeed(inputs.images, unlabeled, b))
+        else:
+            import tensorflow as tf
+
+            batches = tf.data.Dataset.from_tensor_slices((inputs.images, unlabeled)).repeat(
+            ).batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        report("pretrain_train", fit(learner, network, batches, 2 * b), views_per_image=2,
+               jit_compile=bool(learner.jit_compile))
     if only & {"pseudo_label", "noisy_student_train"}:
         teacher = models.build_efficientnet(config)
         n = FLAGS.label_images or 8 * b * ratio

@@ -18,6 +18,7 @@ def define_shared_flags():
     define_pseudo_label_flags()
     define_student_flags()
     define_finetune_flags()
+    define_pretrain_flags()
     define_distribution_flags()
 
 
@@ -168,6 +169,13 @@ def define_student_flags():
                        "pseudo-labels (the labeled one has weight 1).")
     flags.DEFINE_bool("init_from_teacher", False, "Start the student from the teacher's "
                       "weights (same architecture) instead of from scratch.")
+    flags.DEFINE_float("distill_temperature", 0.0, "SimCLRv2 distillation: the student's "
+                       "logits on pseudo-labeled images divided by T against the "
+                       "teacher's softmax at T (label with --temperature=T), loss x T^2. "
+                       "0: the noisy student's cross-entropy.")
+    flags.DEFINE_float("labeled_loss_weight", 1.0, "Weight of the cross-entropy on the "
+                       "labels in a student (0: pseudo-labels only, as SimCLRv2's "
+                       "distillation).")
 
 
 def define_finetune_flags():
@@ -177,6 +185,80 @@ def define_finetune_flags():
                          "fine-tuning; -1: all but the last stage's.")
     flags.DEFINE_integer("finetune_epochs", 2, "Fine-tuning epochs over the labeled data.")
     flags.DEFINE_float("finetune_learning_rate", 5e-4, "Peak fine-tuning learning rate.")
+
+
+LR_SCALING = ("linear", "sqrt", "none")
+
+
+def define_pretrain_flags():
+    flags.DEFINE_integer("pretrain_epochs", 100, "Contrastive pretraining epochs (one "
+                         "epoch: every labeled and unlabeled image once, in two views).")
+    flags.DEFINE_integer("pretrain_batch_size", 256, "Images per pretraining step (each "
+                         "in two views); the negatives of an image are the other views "
+                         "of the global batch.")
+    flags.DEFINE_enum("pretrain_optimizer", "lars", list(training.OPTIMIZERS),
+                      "Pretraining optimizer (SimCLR: LARS).")
+    flags.DEFINE_float("pretrain_learning_rate", 0.3, "Base learning rate of pretraining, "
+                       "scaled by --lr_scaling.")
+    flags.DEFINE_enum("lr_scaling", "linear", list(LR_SCALING), "Pretraining learning "
+                      "rate = base x batch/256 (linear), base x sqrt(batch) (sqrt; SimCLR "
+                      "uses base 0.075 for small batches) or base (none).")
+    flags.DEFINE_float("pretrain_weight_decay", 1e-6, "Pretraining weight decay (kernels "
+                       "only).")
+    flags.DEFINE_float("pretrain_warmup_epochs", 10.0, "Pretraining warm-up epochs.")
+    flags.DEFINE_float("contrastive_temperature", 0.1, "NT-Xent temperature (SimCLR's "
+                       "CIFAR recipe: 0.5). Named apart from --temperature, the "
+                       "pseudo-labels' softmax temperature, so one flagfile holds both.")
+    flags.DEFINE_integer("proj_head_layers", 3, "Layers of the projection head (SimCLRv2: "
+                         "3; SimCLR: 2).")
+    flags.DEFINE_integer("proj_dim", 128, "Width of the projection (the head's last layer).")
+    flags.DEFINE_float("color_jitter_strength", 1.0, "Colour jitter strength s of the "
+                       "views (CIFAR recipe: 0.5).")
+    flags.DEFINE_enum("blur", "auto", ["auto", "true", "false"], "Gaussian blur on the "
+                      "views; auto: for images of 96 px and more (SimCLR leaves it off "
+                      "for small images).")
+    flags.DEFINE_integer("knn_k", 20, "Neighbours of the kNN evaluation of a pretrained "
+                         "encoder.")
+    flags.DEFINE_string("init_from_pretrained", None, "A pretraining run "
+                        "(tools/pretrain.py): the teacher starts from its encoder and the "
+                        "first --ft_proj_selector layers of its projection head, with a "
+                        "new classifier, and fine-tunes all of it (SimCLRv2).")
+    flags.DEFINE_integer("ft_proj_selector", 1, "Projection-head layers kept when "
+                         "fine-tuning from a pretraining run (0: the encoder alone; "
+                         "SimCLRv2: 1).")
+
+
+def scaled_learning_rate(base, batch_size, rule):
+    """SimCLR's learning-rate scaling with the batch size."""
+    if rule == "linear":
+        return base * batch_size / 256.0
+    if rule == "sqrt":
+        return base * batch_size ** 0.5
+    return base
+
+
+def pretrain_input_config(image_size):
+    return input_config(image_size, FLAGS.pretrain_batch_size)
+
+
+def pretrain_train_config():
+    import dataclasses
+
+    return dataclasses.replace(
+        train_config(), epochs=FLAGS.pretrain_epochs, optimizer=FLAGS.pretrain_optimizer,
+        learning_rate=scaled_learning_rate(FLAGS.pretrain_learning_rate,
+                                           FLAGS.pretrain_batch_size, FLAGS.lr_scaling),
+        weight_decay=FLAGS.pretrain_weight_decay, warmup_epochs=FLAGS.pretrain_warmup_epochs,
+        label_smoothing=0.0)
+
+
+def contrastive_config(image_size):
+    from nstudent.pretraining import ContrastiveConfig, HeadConfig
+
+    blur = image_size >= 96 if FLAGS.blur == "auto" else FLAGS.blur == "true"
+    return ContrastiveConfig(
+        HeadConfig(FLAGS.proj_head_layers, FLAGS.proj_dim), FLAGS.contrastive_temperature,
+        FLAGS.color_jitter_strength, blur, FLAGS.knn_k)
 
 
 def finetune_train_config():
@@ -268,8 +350,36 @@ def validate_flags():
     if not 0.0 <= FLAGS.validation_fraction < 1.0:
         raise ValueError(f"--validation_fraction must be in [0, 1), got "
                          f"{FLAGS.validation_fraction}.")
+    if "contrastive_temperature" in FLAGS:
+        contrastive_config(FLAGS.image_size or 1)  # temperature, head, k
+        pretrain_train_config()
+        if FLAGS.pretrain_batch_size < 2:
+            raise ValueError(f"--pretrain_batch_size={FLAGS.pretrain_batch_size}: "
+                             "contrastive learning needs at least 2 images per replica.")
+        if FLAGS.ft_proj_selector < 0:
+            raise ValueError(f"--ft_proj_selector must not be negative, got "
+                             f"{FLAGS.ft_proj_selector}.")
+        if FLAGS.init_from_pretrained:
+            from nstudent.pretraining import check_pretrained
+
+            check_pretrained(FLAGS.init_from_pretrained, FLAGS.ft_proj_selector)
+    if "distill_temperature" in FLAGS:
+        from nstudent.training.student import check_distillation
+
+        check_distillation(FLAGS.distill_temperature, FLAGS.labeled_loss_weight)
     training.check_distribution(FLAGS.distribution)
     training.parse_tf_config(os.environ.get("TF_CONFIG", ""))  # names a malformed field
+
+
+def already_finished(out, redo):
+    """True (and says so) when `out` holds a finished run and --overwrite is not set."""
+    from nstudent import export
+
+    if export.is_finished(out) and not FLAGS.overwrite:
+        logging.info("%s already holds a finished run (metrics.json); pass --overwrite "
+                     "to %s.", out, redo)
+        return True
+    return False
 
 
 def run_stage(stage, validate=True):

@@ -21,6 +21,20 @@ def tiny_model(tiny_config):
     return build_efficientnet(tiny_config)
 
 
+TOY_CLASSES = ("a", "b", "c", "d")
+
+
+@pytest.fixture(scope="module")
+def toy_folder(tmp_path_factory):
+    """A learnable 4-class folder of 16 px grey PNGs: 40 train and 6 test per class."""
+    root = tmp_path_factory.mktemp("toy")
+    write_image_folder(root, "train", TOY_CLASSES, per_class=40, channels=1, size=16,
+                       learnable=True)
+    write_image_folder(root, "test", TOY_CLASSES, per_class=6, channels=1, size=16,
+                       learnable=True)
+    return root
+
+
 def random_images(n, size, channels, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), np.uint8)
 

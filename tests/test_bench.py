@@ -19,12 +19,13 @@ def test_throughput_prints_every_figure():
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
     figures = {x["figure"]: x for x in lines}
     assert set(figures) == {"input_pipeline", "train_step", "supervised_train",
-                            "pseudo_label", "noisy_student_train"}
+                            "pseudo_label", "noisy_student_train", "pretrain_train"}
     for x in lines:
         assert x["images_per_second"] > 0 and x["backend"] == "tensorflow"
         assert x["device"] == "cpu" and x["keras"] and x["tensorflow"]
     assert figures["pseudo_label"]["records_written"] > 0
     assert figures["noisy_student_train"]["unlabeled_ratio"] == 3
+    assert figures["pretrain_train"]["views_per_image"] == 2
 
 
 def test_pseudo_label_scale_prints_speed_and_memory(tmp_path):

@@ -133,22 +133,24 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_gpu_path_runs_compiled_without_tensorflow():
     """The GPU machine has JAX and no TensorFlow: the numpy-fed, device-noised bench
-    must run there, with the whole noisy-student step under XLA."""
+    must run there, with the whole noisy-student step, and SimCLR's pretraining step
+    with its views, under XLA."""
     pytest.importorskip("jax")
     result = subprocess.run(
         [sys.executable, "-c", HIDE_TENSORFLOW, os.path.join(ROOT, "bench", "throughput.py"),
          "--feed=numpy", "--randaugment_impl=device", "--width_scale=0.25",
          "--depth_scale=0.25", "--image_size=16", "--channels=3", "--num_classes=4",
-         "--batch_size=8", "--steps=2", "--epochs=2", "--only=noisy_student_train"],
+         "--batch_size=8", "--steps=2", "--epochs=2",
+         "--only=noisy_student_train,pretrain_train"],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
         env=dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
-    assert [x["figure"] for x in lines] == ["noisy_student_train"]
-    figure = lines[0]
-    assert figure["jit_compile"] is True and figure["tensorflow"] is None
-    assert figure["feed"] == "numpy" and figure["randaugment_impl"] == "device"
-    assert figure["images_per_second"] > 0 and figure["backend"] == "jax"
+    assert sorted(x["figure"] for x in lines) == ["noisy_student_train", "pretrain_train"]
+    for figure in lines:
+        assert figure["jit_compile"] is True and figure["tensorflow"] is None
+        assert figure["feed"] == "numpy" and figure["randaugment_impl"] == "device"
+        assert figure["images_per_second"] > 0 and figure["backend"] == "jax"
 
 
 def test_device_random_resized_crop_is_a_zoom_of_the_stated_area():

@@ -242,7 +242,7 @@ def test_label_smoothing_reaches_hard_pseudo_labels_only():
     smoothed = y * 0.8 + 0.2 / 3
     for hard, pseudo_target in ((True, smoothed), (False, y)):
         student = NoisyStudent(_dense_model(), label_smoothing=0.2, hard_pseudo_labels=hard)
-        _, labeled, pseudo = student._noisy_student_losses(logits, y, y)
+        _, (_, labeled, pseudo) = student.step_losses(logits, ((None, y), (None, y)))
         assert float(labeled) == pytest.approx(cross_entropy(smoothed, logits[:2]), 1e-5)
         assert float(pseudo) == pytest.approx(cross_entropy(pseudo_target, logits[2:]),
                                               1e-5)

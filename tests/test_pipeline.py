@@ -9,20 +9,8 @@ import time
 
 import pytest
 
-from conftest import write_image_folder
+from conftest import TOY_CLASSES as CLASSES
 from test_tools import BACKENDS, ROOT, run_tool
-
-CLASSES = ("a", "b", "c", "d")
-
-
-@pytest.fixture(scope="module")
-def toy_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    write_image_folder(root, "train", CLASSES, per_class=40, channels=1, size=16,
-                       learnable=True)
-    write_image_folder(root, "test", CLASSES, per_class=6, channels=1, size=16,
-                       learnable=True)
-    return root
 
 
 def _flags(folder, out, generations=2):
@@ -111,21 +99,23 @@ def test_pseudo_label_and_student_tools(toy_folder, tmp_path, backend):
     teacher, labels, student = (str(tmp_path / n) for n in ("t", "pl", "s"))
     result = run_tool("train.py", *flags, f"--out={teacher}", backend=backend)
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}", f"--out={labels}",
-                      "--num_shards=2", "--shard_index=1", backend=backend)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Shards still to label: 0 of 2" in result.stderr
-    result = run_tool("train.py", *flags, f"--pseudo_labels={labels}", f"--out={student}",
-                      backend=backend)
-    assert result.returncode == 2 and "stats.json is missing" in result.stderr  # not yet
-    assert not os.path.exists(student)
-    result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}", f"--out={labels}",
-                      "--num_shards=2", "--phase=select", backend=backend)
-    assert result.returncode == 2 and "shard 0 (not started)" in result.stderr
+    if backend == "tensorflow":  # the shard bookkeeping: backend-independent
+        result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}",
+                          f"--out={labels}", "--num_shards=2", "--shard_index=1")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Shards still to label: 0 of 2" in result.stderr
+        result = run_tool("train.py", *flags, f"--pseudo_labels={labels}",
+                          f"--out={student}")
+        assert result.returncode == 2 and "stats.json is missing" in result.stderr
+        assert not os.path.exists(student)  # not yet
+        result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}",
+                          f"--out={labels}", "--num_shards=2", "--phase=select")
+        assert result.returncode == 2 and "shard 0 (not started)" in result.stderr
     result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}", f"--out={labels}",
                       "--num_shards=2", backend=backend)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Shard 1 of 2 is already labeled; skipped" in result.stderr
+    if backend == "tensorflow":
+        assert "Shard 1 of 2 is already labeled; skipped" in result.stderr
     assert "| class | predicted | above threshold |" in result.stderr
     result = run_tool("train.py", *flags, f"--pseudo_labels={labels}", f"--out={student}",
                       backend=backend)

@@ -4,7 +4,9 @@ and a student that becomes the next teacher. Re-running the same command resumes
   python tools/pipeline.py --flagfile=flags/fashion_mnist_noisy_student.cfg \\
       --out=runs/fashion_mnist --generations=2 --models=b0,b0,b1
 
-Writes <out>/gen0/ (teacher), <out>/pseudo_labels_for_genK/, <out>/genK/ (each
+  python tools/pipeline.py ... --pretrain     # SimCLRv2 pretraining, then the loop
+
+Writes <out>/pretrain/ (with --pretrain), <out>/gen0/ (teacher), <out>/pseudo_labels_for_genK/, <out>/genK/ (each
 run folder with saved_model/, model.keras, metrics.json), <out>/manifest.json,
 and at the end prints a table and saves <out>/accuracy.png.
 """
@@ -37,6 +39,10 @@ flags.DEFINE_list("corruptions", [], "Evaluate every model under these corruptio
                   "severities 1-5 ('all' or names; see tools/evaluate.py).")
 flags.DEFINE_list("fgsm_epsilons", [], "Evaluate every model under FGSM at these step "
                   "sizes (fractions of the pixel range, e.g. 2/255,8/255).")
+flags.DEFINE_bool("pretrain", False, "SimCLRv2 first: contrastive pretraining on every "
+                  "labeled and unlabeled image (<out>/pretrain/, the --pretrain_* and "
+                  "projection-head flags), then gen0 fine-tuned from it with "
+                  "--ft_proj_selector head layers, then the noisy student generations.")
 flags.DEFINE_integer("robustness_examples", 0, "Test images for the corruption and FGSM "
                      "evaluation; 0: all.")
 flags.adopt_module_key_flags(cli)
@@ -73,6 +79,16 @@ def make_plan(info):
         if FLAGS.finetune_resolution < smallest:
             raise ValueError(f"--finetune_resolution={FLAGS.finetune_resolution} is below "
                              f"the models' minimum of {smallest} px.")
+    from nstudent.training.student import check_distillation
+
+    check_distillation(FLAGS.distill_temperature, FLAGS.labeled_loss_weight,
+                       {"hard": FLAGS.hard_labels, "temperature": FLAGS.temperature})
+    pretrain = None
+    if FLAGS.pretrain:
+        size = base.resolved_image_size
+        pretrain = {"input_config": cli.pretrain_input_config(size),
+                    "train_config": cli.pretrain_train_config(),
+                    "config": cli.contrastive_config(size)}
     teacher_train = cli.train_config()
     student_train = dataclasses.replace(
         teacher_train, epochs=FLAGS.student_epochs or FLAGS.epochs,
@@ -93,7 +109,10 @@ def make_plan(info):
         finetune_train=cli.finetune_train_config(), freeze_blocks=FLAGS.freeze_blocks,
         corruptions=corruptions,
         fgsm_epsilons=tuple(evaluation.parse_epsilon(e) for e in FLAGS.fgsm_epsilons),
-        robustness_examples=FLAGS.robustness_examples)
+        robustness_examples=FLAGS.robustness_examples, pretrain=pretrain,
+        ft_proj_selector=FLAGS.ft_proj_selector,
+        distill_temperature=FLAGS.distill_temperature,
+        labeled_loss_weight=FLAGS.labeled_loss_weight)
 
 
 def main(argv):

@@ -3,6 +3,8 @@
   python tools/train.py --flagfile=flags/fashion_mnist_teacher.cfg --out=runs/teacher
   python tools/train.py --flagfile=flags/fashion_mnist_teacher.cfg \
       --pseudo_labels=runs/pseudo_labels --out=runs/student
+  python tools/train.py ... --init_from_pretrained=runs/pretrain --ft_proj_selector=1
+      (SimCLRv2 fine-tuning: see tools/pretrain.py)
 
 Writes <out>/model.keras, <out>/saved_model/ (serving_default on uint8 images),
 <out>/logs/ (TensorBoard), <out>/model_info.json and, last, <out>/metrics.json.
@@ -11,7 +13,7 @@ Writes <out>/model.keras, <out>/saved_model/ (serving_default on uint8 images),
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
@@ -28,11 +30,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from nstudent import export, pseudo_labels, training
+    from nstudent import pseudo_labels, training
 
-    if export.is_finished(FLAGS.out) and not FLAGS.overwrite:
-        logging.info("%s already holds a finished run (metrics.json); pass --overwrite "
-                     "to train again.", FLAGS.out)
+    if cli.already_finished(FLAGS.out, "train again"):
         return 0
 
     def stage():
@@ -44,10 +44,12 @@ def main(argv):
             training.train_student(
                 FLAGS.out, stage_data, pseudo_labels.load_pseudo_labels(FLAGS.pseudo_labels),
                 model_config, input_config, cli.train_config(), FLAGS.unlabeled_ratio,
-                FLAGS.pseudo_loss_weight, FLAGS.init_from_teacher, FLAGS.init_weights)
+                FLAGS.pseudo_loss_weight, FLAGS.init_from_teacher, FLAGS.init_weights,
+                FLAGS.distill_temperature, FLAGS.labeled_loss_weight)
         else:
             training.train_teacher(FLAGS.out, stage_data, model_config, input_config,
-                                   cli.train_config(), FLAGS.init_weights)
+                                   cli.train_config(), FLAGS.init_weights,
+                                   FLAGS.init_from_pretrained, FLAGS.ft_proj_selector)
 
     return cli.run_stage(stage)
 

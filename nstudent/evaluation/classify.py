@@ -75,6 +75,10 @@ def load_classifier(path, prefer="saved_model"):
                 return load_classifier(os.path.join(path, name))
         raise FileNotFoundError(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
     info = _run_info(os.path.dirname(os.path.abspath(path)))
+    if info and info.get("kind") == "pretrain":
+        raise ValueError(f"{path!r} is a contrastive pretraining run (embeddings, no "
+                         "classifier); fine-tune it first: tools/train.py "
+                         "--init_from_pretrained=<that run>.")
     if path.endswith(".keras"):
         model = keras.saving.load_model(path, compile=False)
 

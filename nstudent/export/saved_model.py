@@ -3,7 +3,8 @@
 The SavedModel's `serving_default` takes uint8 images [batch, H, W, C] of any
 H and W, brings them to the training resolution as evaluation does (a square
 resize, or the shorter side and a centre crop) and returns `probabilities`
-(float32 [batch, classes]) and `classes` (int64 [batch]). The Keras part of
+(float32 [batch, classes]) and `classes` (int64 [batch]); a pretraining run's
+returns `embeddings` (the encoder's pooled features) and `projections`. The Keras part of
 the graph comes from Keras' ExportArchive, so the same code exports under the
 TensorFlow and the JAX backend (through jax2tf); the resize and softmax around
 it are plain TensorFlow.
@@ -22,16 +23,22 @@ def save_keras(model, path):
         model.save(tmp)
 
 
-def export_saved_model(model, path, image_size, channels, crop_fraction=0.0):
+def export_saved_model(model, path, image_size, channels, crop_fraction=0.0,
+                       embeddings=False):
+    """`embeddings`: `model` is a pretraining network (a dict of embeddings and
+    projections), served as such instead of probabilities and classes."""
     archive = keras.export.ExportArchive()
     logits_fn = archive.track_and_add_endpoint(
-        "logits", model,
+        "embed" if embeddings else "logits", model,
         input_signature=[tf.TensorSpec((None, image_size, image_size, channels), tf.float32)])
 
     @tf.function(input_signature=[tf.TensorSpec((None, None, None, channels), tf.uint8,
                                                 name="images")])
     def serve(images):
         images = preprocess_eval(images, image_size, crop_fraction)
+        if embeddings:
+            outputs = logits_fn(tf.cast(images, tf.float32))
+            return {k: tf.cast(outputs[k], tf.float32) for k in ("embeddings", "projections")}
         logits = tf.cast(logits_fn(tf.cast(images, tf.float32)), tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         return {"probabilities": probabilities,

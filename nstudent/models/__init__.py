@@ -1,7 +1,8 @@
 """EfficientNet family with dropout and stochastic depth."""
 
 from nstudent.models.efficientnet import (  # noqa: F401
-    VARIANTS, ModelConfig, block_names, build_efficientnet, round_filters, stage_plan)
+    VARIANTS, ModelConfig, block_names, build_efficientnet, build_encoder, feature_width,
+    head_layer, round_filters, stage_plan)
 from nstudent.models.layers import stochastic_depth  # noqa: F401
 from nstudent.models.pretrained import (  # noqa: F401
     PretrainedWeights, build_with_weights, load_pretrained)

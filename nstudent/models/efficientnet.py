@@ -82,6 +82,11 @@ class ModelConfig:
     # i.e. [-1, 1]. Pretrained weights bring their own (see models/pretrained.py).
     input_mean: tuple = ()
     input_std: tuple = ()
+    # Dense + batch norm (+ ReLU) layers between pooling and the classifier: the first
+    # layers of a SimCLR projection head, kept when fine-tuning from a middle layer of
+    # it (SimCLRv2). Empty: the plain EfficientNet.
+    head_units: tuple = ()
+    head_linear_last: bool = False  # the last kept head layer has no ReLU
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -128,14 +133,15 @@ class ModelConfig:
 
     def to_dict(self):
         d = dataclasses.asdict(self)
-        d["input_mean"], d["input_std"] = list(self.input_mean), list(self.input_std)
+        for key in ("input_mean", "input_std", "head_units"):
+            d[key] = list(d[key])
         return d
 
     @classmethod
     def from_dict(cls, d):
         fields = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in fields}
-        for key in ("input_mean", "input_std"):
+        for key in ("input_mean", "input_std", "head_units"):
             d[key] = tuple(d.get(key, ()))
         return cls(**d)
 
@@ -209,8 +215,23 @@ def stage_plan(config):
     return plan
 
 
-def build_efficientnet(config):
-    """Builds the network described by a `ModelConfig`."""
+def head_layer(x, units, index, relu=True):
+    """Layer `index` (from 1) of a projection head: Dense without bias, batch norm and
+    (except SimCLR's last layer) ReLU. The pretraining network and a classifier
+    fine-tuned from it name them alike, so weights move by name."""
+    x = layers.Dense(units, use_bias=False, name=f"head_dense_{index}",
+                     kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
+    x = _bn(f"head_bn_{index}")(x)
+    return layers.ReLU(name=f"head_relu_{index}")(x) if relu else x
+
+
+def feature_width(config):
+    """Channels of the pooled features (the encoder's output)."""
+    return round_filters(HEAD_FILTERS, config.width)
+
+
+def build_encoder(config):
+    """(images input, pooled features): the network up to global pooling."""
     inputs = keras.Input((None, None, config.channels), name="images")
     scale, offset = config.input_scale_offset
     x = layers.Rescaling(scale, offset=offset, name="rescale")(inputs)
@@ -225,10 +246,18 @@ def build_efficientnet(config):
         # Drop rate rises linearly with depth and reaches the flag at the last block.
         x = mbconv_block(x, args, config.stochastic_depth * index / last, name)
 
-    x = _conv(round_filters(HEAD_FILTERS, config.width), name="top_conv")(x)
+    x = _conv(feature_width(config), name="top_conv")(x)
     x = _bn("top_bn")(x)
     x = layers.Activation("swish", name="top_activation")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return inputs, layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
+def build_efficientnet(config):
+    """Builds the classifier described by a `ModelConfig`."""
+    inputs, x = build_encoder(config)
+    for index, units in enumerate(config.head_units, start=1):
+        last = index == len(config.head_units)
+        x = head_layer(x, units, index, relu=not (last and config.head_linear_last))
     if config.resolved_dropout > 0:
         x = layers.Dropout(config.resolved_dropout, name="top_dropout")(x)
     outputs = layers.Dense(

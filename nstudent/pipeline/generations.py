@@ -1,6 +1,7 @@
 """Runs the generations: gen0 (teacher), then per round pseudo-labels and a student.
 
-  <out>/gen0/                      teacher run (saved_model/, model.keras, metrics.json)
+  <out>/pretrain/                  SimCLRv2 pretraining (optional: --pretrain)
+  <out>/gen0/                      teacher run (fine-tuned from pretrain/ when there) (saved_model/, model.keras, metrics.json)
   <out>/pseudo_labels_for_gen1/    gen0's filtered, balanced pseudo-labels
   <out>/gen1/                      noisy student trained on them; the next teacher
   ...
@@ -46,6 +47,12 @@ class Plan:
     corruptions: tuple = ()  # robustness: corruption names (all severities)
     fgsm_epsilons: tuple = ()
     robustness_examples: int = 0  # 0: the whole test split
+    # SimCLRv2 first: pretraining settings {"input", "train", "contrastive"} (None: no
+    # pretraining); gen0 then fine-tunes from it, keeping ft_proj_selector head layers
+    pretrain: dict = None
+    ft_proj_selector: int = 1
+    distill_temperature: float = 0.0  # students: SimCLRv2 distillation at this T
+    labeled_loss_weight: float = 1.0
 
     def to_dict(self):
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -54,6 +61,9 @@ class Plan:
                     "finetune_train"):
             d[key] = dataclasses.asdict(d[key]) if d[key] is not None else None
         d["input_config"].pop("image_size")
+        if self.pretrain:
+            d["pretrain"] = {k: v.to_dict() if hasattr(v, "to_dict") else dataclasses.asdict(v)
+                             for k, v in self.pretrain.items()}
         d["corruptions"], d["fgsm_epsilons"] = list(self.corruptions), list(self.fgsm_epsilons)
         return d
 
@@ -65,7 +75,7 @@ class Plan:
 @dataclasses.dataclass(frozen=True)
 class Step:
     name: str
-    kind: str  # teacher, pseudo_labels, student, finetune, robustness
+    kind: str  # pretrain, teacher, pseudo_labels, student, finetune, robustness
     generation: int
     path: str  # relative to the run folder
 
@@ -81,6 +91,8 @@ def plan_steps(plan):
             steps.append(Step(f"robustness_{path.replace('/', '_')}", "robustness", g,
                               path))
 
+    if plan.pretrain:
+        steps.append(Step("pretrain", "pretrain", 0, "pretrain"))
     model("teacher", 0, "gen0")
     for g in range(1, generations + 1):
         steps.append(Step(f"pseudo_labels_for_gen{g}", "pseudo_labels", g,
@@ -98,12 +110,13 @@ MODEL_KINDS = ("teacher", "student", "finetune")
 
 def _summary(metrics):
     keys = ("stage", "test_top1", "test_top5", "parameters", "seconds_total",
-            "train_images_per_second", "pseudo_labeled_examples", "resolution")
+            "train_images_per_second", "pseudo_labeled_examples", "resolution",
+            "knn_top1", "linear_eval_top1")
     return {k: metrics[k] for k in keys if k in metrics}
 
 
 def _done(step, path):
-    if step.kind in MODEL_KINDS:
+    if step.kind in MODEL_KINDS or step.kind == "pretrain":
         return export.is_finished(path)
     if step.kind == "robustness":
         return os.path.exists(os.path.join(path, ROBUSTNESS))
@@ -134,6 +147,10 @@ def run_pipeline(out_dir, stage_data, plan):
             summary = _run_step(step, out_dir, path, stage_data, plan)
         manifest.record(step.name, dict(summary, generation=step.generation,
                                         path=step.path))
+    if plan.pretrain:
+        encoder = manifest.summary("pretrain")
+        logging.info("Pretrained encoder (pretrain/): kNN top-1 %.4f, linear probe top-1 "
+                     "%.4f.", encoder["knn_top1"], encoder["linear_eval_top1"])
     rows = []
     for step in steps:
         if step.kind in MODEL_KINDS:
@@ -149,10 +166,16 @@ def _run_step(step, out_dir, path, stage_data, plan):
     model_config = plan.models[g]
     input_config = dataclasses.replace(plan.input_config,
                                        image_size=model_config.resolved_image_size)
+    if step.kind == "pretrain":
+        from nstudent.pretraining import pretrain
+
+        return _summary(pretrain(path, stage_data, model_config, **plan.pretrain))
     if step.kind == "teacher":
         return _summary(training.train_teacher(
             path, stage_data, model_config, input_config, plan.teacher_train,
-            plan.init_weights or None))
+            plan.init_weights or None,
+            os.path.join(out_dir, "pretrain") if plan.pretrain else None,
+            plan.ft_proj_selector))
     if step.kind == "pseudo_labels":
         return _label(out_dir, g, stage_data, plan, path)
     if step.kind == "student":
@@ -160,7 +183,9 @@ def _run_step(step, out_dir, path, stage_data, plan):
             path, stage_data,
             pseudo_labels.load_pseudo_labels(os.path.join(out_dir, f"pseudo_labels_for_gen{g}")),
             model_config, input_config, plan.student_train, plan.unlabeled_ratio,
-            plan.pseudo_loss_weight, plan.init_from_teacher))
+            plan.pseudo_loss_weight, plan.init_from_teacher,
+            distill_temperature=plan.distill_temperature,
+            labeled_loss_weight=plan.labeled_loss_weight))
     if step.kind == "finetune":
         from nstudent.training.finetune import finetune
 

@@ -220,6 +220,21 @@ def scale_loss(loss):
     return loss
 
 
+def cross_replica_concat(x):
+    """(x of every replica stacked in replica order, where this replica's rows start):
+    contrastive negatives from the global batch. TensorFlow gathers inside the
+    replica's step (the gradient flows back to each replica's rows); a JAX step
+    already holds the global batch, so there x is returned as it is, at 0."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            offset = context.replica_id_in_sync_group * tf.shape(x)[0]
+            return context.all_gather(x, axis=0), offset
+    return x, 0
+
+
 def shard_for_workers(dataset, placement=None):
     """Multi-worker input: every worker reads the source and keeps its share of each
     batch (file-based sharding would fail with fewer files than workers)."""

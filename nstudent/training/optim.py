@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedule from a few flags.
 
-Everything here is Keras' own: decoupled weight decay (kept off batch-norm
+Everything here but LARS (lars.py) is Keras' own: decoupled weight decay (kept off batch-norm
 parameters and biases, as timm and the reference do), the exponential moving
 average of the weights (`use_ema`) and gradient accumulation
 (`gradient_accumulation_steps`). The schedule counts micro-steps, as Keras'
@@ -11,7 +11,7 @@ every micro-step (a decay d per micro-step is d**k per update).
 import keras
 from absl import logging
 
-OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+OPTIMIZERS = ("adamw", "sgd", "rmsprop", "lars")
 
 
 def learning_rate_schedule(peak, total_steps, warmup_steps):
@@ -38,6 +38,10 @@ def make_optimizer(name, learning_rate, weight_decay, total_steps, warmup_steps,
     if name == "rmsprop":  # the paper's optimizer
         return keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3,
                                         weight_decay=weight_decay or None, **shared)
+    if name == "lars":  # SimCLR's pretraining optimizer
+        from nstudent.training.lars import LARS
+
+        return LARS(lr, momentum=0.9, weight_decay=weight_decay, **shared)
     raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
 
 
@@ -61,6 +65,6 @@ def optimizer_for(config, steps_per_epoch, variables):
                                total, int(config.warmup_epochs * steps_per_epoch),
                                config.ema_decay, config.grad_accum_steps)
     kept = [v for v in variables if len(v.shape) < 2]
-    if config.weight_decay and kept:
+    if (config.weight_decay or config.optimizer == "lars") and kept:  # LARS: no ratio
         optimizer.exclude_from_weight_decay(var_list=kept)
     return optimizer

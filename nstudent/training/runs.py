@@ -37,7 +37,7 @@ def images_only(image, label):
 @dataclasses.dataclass
 class StageRun:
     """One training stage's settings and place; `fit` then `finish`."""
-    stage: str  # teacher | student | finetune
+    stage: str  # teacher | student | finetune | pretrain
     out_dir: str
     stage_data: object  # data.StageData
     model_config: object
@@ -68,9 +68,10 @@ class StageRun:
         return (data.eval_dataset(sd.test.dataset(), sd.info.num_classes, config),
                 f"test split, {len(sd.test)} images")
 
-    def fit(self, model, network, train_ds, steps, settings=None):
+    def fit(self, model, network, train_ds, steps, settings=None, validate=True):
         """Trains `model` (network or its training wrapper) for the configured epochs,
-        backed up and resumable; validation every --eval_every_epochs."""
+        backed up and resumable; validation (a classifier's, `validate`) every
+        --eval_every_epochs."""
         config = self.train_config
         self.backup = StageBackup(
             backup_dir(self.out_dir, self.placement),
@@ -80,7 +81,7 @@ class StageRun:
              **(settings or {})},
             config.backup_every_steps, steps)
         validation = None
-        if config.eval_every_epochs:
+        if config.eval_every_epochs and validate:
             dataset, source = self.validation_data()
             self._ready_to_evaluate(network, dataset)
             validation = Validation(network, dataset, config.eval_every_epochs, source)
@@ -98,29 +99,44 @@ class StageRun:
             compile_for_evaluation(network)
         distribute.prebuild(network, dataset, self.placement)
 
+    def recalibrate(self, network, clean_images):
+        """Batch-norm statistics recomputed on `clean_images` (uint8 images of the
+        training data); returns the batches used."""
+        return recalibrate_batch_norm(
+            network, data.clean_batches(clean_images, self.input_config, self.stage_data.seed),
+            self.train_config.bn_recalibration_batches)
+
     def finish(self, network, clean_images, history, epoch_seconds, images_per_step,
                steps, metrics):
-        """Recomputes batch-norm statistics on `clean_images` (uint8 images of the
-        training data), scores `network` on the test split, then (the chief) exports
-        it with metrics.json last; the backup goes once the exports are complete."""
+        """Recomputes batch-norm statistics on `clean_images`, scores `network` on the
+        test split, then (the chief) exports it with metrics.json last; the backup
+        goes once the exports are complete."""
+        bn_batches = self.recalibrate(network, clean_images)
         stage_data, input_config = self.stage_data, self.input_config
-        bn_batches = recalibrate_batch_norm(
-            network, data.clean_batches(clean_images, input_config, stage_data.seed),
-            self.train_config.bn_recalibration_batches)
-        info = stage_data.info
         test_ds = distribute.shard_for_workers(data.eval_dataset(
-            stage_data.test.dataset(), info.num_classes, input_config), self.placement)
+            stage_data.test.dataset(), stage_data.info.num_classes, input_config),
+            self.placement)
         self._ready_to_evaluate(network, test_ds)
         with warnings.catch_warnings():
             # evaluate reads the test stream to its end on purpose; with skipped files
             # its length is unknown and Keras would warn that the input "ran out of data"
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             scores = network.evaluate(test_ds, verbose=0, return_dict=True)
+        metrics = self.report(network, history, epoch_seconds, images_per_step, steps, dict(
+            metrics, test_top1=float(scores["top1"]), test_top5=float(scores["top5"]),
+            test_examples=len(stage_data.test), bn_recalibration_batches=bn_batches))
+        return self.publish(metrics, lambda: export.write_run(
+            self.out_dir, network, self.model_config, stage_data.info, metrics,
+            input_config.eval_crop_fraction), "Test top-1 %.4f, top-5 %.4f" % (
+                metrics["test_top1"], metrics["test_top5"]))
+
+    def report(self, network, history, epoch_seconds, images_per_step, steps, metrics):
+        """metrics.json: the stage's own `metrics` and what every stage records."""
+        stage_data = self.stage_data
         steady = steady_seconds(epoch_seconds)
         resumed = self.backup.resumed_from if self.backup else None
         metrics = dict(
-            metrics, stage=self.stage, test_top1=float(scores["top1"]),
-            test_top5=float(scores["top5"]), test_examples=len(stage_data.test),
+            metrics, stage=self.stage,
             epochs=self.train_config.epochs, epochs_trained_here=len(epoch_seconds),
             steps_per_epoch=steps, seconds_per_epoch=steady,
             seconds_first_epoch=epoch_seconds[0] if epoch_seconds else None,
@@ -132,25 +148,27 @@ class StageRun:
             resumed_from_step=resumed["step"] if resumed else None,
             optimizer_iterations=self.optimizer_iterations,
             parameters=int(network.count_params()), model=self.model_config.to_dict(),
-            input=dataclasses.asdict(input_config), train=self.train_config.report(),
-            bn_recalibration_batches=bn_batches, data=stage_data.report(),
-            versions=versions(), **self.placement.report())
+            input=dataclasses.asdict(self.input_config), train=self.train_config.report(),
+            data=stage_data.report(), versions=versions(), **self.placement.report())
         if not np.isfinite(steady):
             metrics["train_images_per_second"] = None
-        metrics["dataset"] = info.name
+        metrics["dataset"] = stage_data.info.name
         metrics["seconds_total"] = time.time() - self.start
         skipped = metrics["data"]["skipped_unreadable_images"]
         if skipped:
             logging.warning("Skipped %d unreadable images (first: %s).", skipped,
                             ", ".join(metrics["data"]["skipped_unreadable_first"][:3]))
+        return metrics
+
+    def publish(self, metrics, write, summary):
+        """The chief runs `write` (the exports, metrics.json last); then the backup
+        goes. Returns `metrics`."""
         if self.placement.is_chief:
-            export.write_run(self.out_dir, network, self.model_config, info, metrics,
-                             input_config.eval_crop_fraction)
-            logging.info("Test top-1 %.4f, top-5 %.4f; wrote %s", metrics["test_top1"],
-                         metrics["test_top5"], self.out_dir)
+            write()
+            logging.info("%s; wrote %s", summary, self.out_dir)
         else:
-            logging.info("Test top-1 %.4f; worker %d writes nothing (the chief exports).",
-                         metrics["test_top1"], self.placement.worker_index)
+            logging.info("%s; worker %d writes nothing (the chief exports).", summary,
+                         self.placement.worker_index)
         if self.backup is not None:
             self.backup.remove()
         return metrics

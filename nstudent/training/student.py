@@ -18,19 +18,22 @@ from nstudent.training.steps import NoisyStudent, with_device_noise
 from nstudent.training.supervised import parse_jit
 
 
-NORMALISATION = ("input_mean", "input_std")
+# what a student started from its teacher takes from it: the input normalisation and
+# the head layers a teacher fine-tuned from a pretraining run keeps
+INHERITED = ("input_mean", "input_std", "head_units", "head_linear_last")
 
 
 def _teacher_network(path, model_config):
     """(config, the teacher's Keras model) to start the student from; same architecture
-    only. The student takes the teacher's input normalisation with its weights."""
+    only. The student takes the teacher's input normalisation and head layers with its
+    weights."""
     classifier = load_classifier(path, prefer="keras")
     if classifier.keras_model is None:
         raise ValueError(f"--init_from_teacher needs the teacher's .keras file; {path!r} "
                          "has none.")
     if classifier.info:
         teacher = models.ModelConfig.from_dict(classifier.info["model"])
-        mine = model_config.replace(**{k: getattr(teacher, k) for k in NORMALISATION})
+        mine = model_config.replace(**{k: getattr(teacher, k) for k in INHERITED})
         if teacher != mine:
             raise ValueError("--init_from_teacher needs the student to have the teacher's "
                              f"architecture; teacher {teacher.to_dict()}, student "
@@ -39,14 +42,35 @@ def _teacher_network(path, model_config):
     return model_config, classifier.keras_model
 
 
+def check_distillation(temperature, labeled_loss_weight, settings=None):
+    """Distillation divides the student's logits by T and needs the teacher's softmax
+    at T; `settings`: the pseudo-labels' (None: flags only)."""
+    if temperature < 0:
+        raise ValueError(f"--distill_temperature must be 0 (off) or positive, got "
+                         f"{temperature}.")
+    if labeled_loss_weight < 0:
+        raise ValueError(f"--labeled_loss_weight must not be negative, got "
+                         f"{labeled_loss_weight}.")
+    if not temperature or settings is None:
+        return
+    if settings.get("hard") or settings.get("temperature") != temperature:
+        raise ValueError(
+            f"--distill_temperature={temperature} needs soft pseudo-labels made at the "
+            f"same temperature; these are {'hard' if settings.get('hard') else 'soft'} at "
+            f"--temperature={settings.get('temperature')}. Label again with "
+            f"--temperature={temperature} (and without --hard_labels).")
+
+
 def train_student(out_dir, stage_data, pseudo, model_config, input_config, train_config,
                   unlabeled_ratio=3, pseudo_loss_weight=1.0, init_from_teacher=False,
-                  init_weights=None):
+                  init_weights=None, distill_temperature=0.0, labeled_loss_weight=1.0):
     """Trains a noisy student on the labeled subset plus `pseudo` (PseudoLabels).
 
     An epoch is one pass over the pseudo-labeled images; each step takes
     batch_size labeled and unlabeled_ratio * batch_size pseudo-labeled images.
-    Returns the metrics written to <out_dir>/metrics.json.
+    `distill_temperature` T > 0: SimCLRv2's distillation loss on the pseudo-labeled
+    images, which must be the teacher's softmax at that temperature (pseudo-labels
+    made with --temperature=T, not hard). Returns the metrics of metrics.json.
     """
     info, seed = stage_data.info, stage_data.seed
     if pseudo.num_classes != info.num_classes or list(pseudo.class_names) != list(
@@ -55,6 +79,7 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
             f"The pseudo-labels in {pseudo.directory} have {pseudo.num_classes} classes "
             f"{list(pseudo.class_names)}; {info.name} has {info.num_classes} "
             f"{list(info.class_names)}.")
+    check_distillation(distill_temperature, labeled_loss_weight, pseudo.settings)
     if unlabeled_ratio < 1:
         raise ValueError(f"--unlabeled_ratio must be at least 1, got {unlabeled_ratio}.")
     batch = input_config.batch_size
@@ -87,7 +112,9 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
         run.model_config = model_config
         student = NoisyStudent(with_device_noise(network, input_config, seed),
                                pseudo_loss_weight, train_config.label_smoothing,
-                               hard_pseudo_labels=bool(pseudo.settings.get("hard")))
+                               hard_pseudo_labels=bool(pseudo.settings.get("hard")),
+                               distill_temperature=distill_temperature,
+                               labeled_loss_weight=labeled_loss_weight)
         student.compile(optimizer=optimizer_for(train_config, steps,
                                                 network.trainable_variables),
                         jit_compile=parse_jit(train_config.jit_compile))
@@ -99,7 +126,9 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
     history, epoch_seconds = run.fit(student, network, train_ds, steps, {
         "pseudo_labels": pseudo.settings, "unlabeled_ratio": unlabeled_ratio,
         "pseudo_loss_weight": pseudo_loss_weight,
-        "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights})
+        "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights,
+        "distill_temperature": distill_temperature,
+        "labeled_loss_weight": labeled_loss_weight})
     clean = labeled.map(images_only).concatenate(pseudo.dataset().map(images_only))
     return run.finish(
         network, clean, history, epoch_seconds, batch + pseudo_batch, steps, {
@@ -109,4 +138,6 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
             "teacher_parameters": teacher_params, "unlabeled_ratio": unlabeled_ratio,
             "pseudo_loss_weight": pseudo_loss_weight,
             "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights,
+            "distill_temperature": distill_temperature,
+            "labeled_loss_weight": labeled_loss_weight,
             "jit_compile": bool(student.jit_compile)})
