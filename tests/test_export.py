@@ -112,3 +112,31 @@ def test_serving_centre_crops_as_evaluation_does(tmp_path, tiny_model):
                                   tf.float32)[None])
     got = serve(images=tf.constant(image[None]))["probabilities"].numpy()
     np.testing.assert_allclose(got, _softmax(np.asarray(expected)), atol=1e-5)
+
+
+def test_evaluating_a_cropping_saved_model_does_not_crop_twice(tmp_path, tiny_model):
+    """Evaluation prepares images (centre crop) before the classifier sees them; a
+    SavedModel of a random_resized model must score them as its .keras file does,
+    not crop them again in serving_default."""
+    from nstudent import data, export, models
+
+    config = models.ModelConfig(variant="b0", num_classes=4, channels=1, image_size=16,
+                                width_scale=0.25, depth_scale=0.25)
+    info = data.DatasetInfo("toy", 4, 1, ("a", "b", "c", "d"))
+    head = tiny_model.get_layer("logits")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 1000.0, bias])  # a random tiny model is near-uniform
+    run = str(tmp_path / "run")
+    export.write_run(run, tiny_model, config, info, {}, crop_fraction=0.5)
+    images = random_images(6, 16, 1, seed=5).astype("float32") // 4  # prepared: 16 px,
+    images[:, :4], images[:, -4:], images[:, :, :4], images[:, :, -4:] = 255, 255, 255, 255
+    # a bright frame around a dark centre: the centre crop keeps only the dark part
+    from_keras = load_classifier(run, prefer="keras").probabilities(images)
+    from_saved = load_classifier(run, prefer="saved_model").probabilities(images)
+    np.testing.assert_allclose(from_saved, from_keras, atol=1e-5)
+    np.testing.assert_allclose(from_keras, _softmax(np.asarray(tiny_model(images))),
+                               atol=1e-5)
+    serve = tf.saved_model.load(os.path.join(run, "saved_model")).signatures[
+        "serving_default"]  # on raw images it crops, as it should: other numbers here
+    cropped_again = serve(images=tf.constant(images.astype("uint8")))["probabilities"]
+    assert np.abs(cropped_again.numpy() - from_keras).max() > 5e-5  # > the tolerance

@@ -86,9 +86,7 @@ def load_classifier(path, prefer="saved_model"):
             return np.asarray(model.predict_on_batch(images), np.float32)
 
         def probabilities(images):
-            z = logits(images).astype(np.float64)
-            e = np.exp(z - z.max(axis=-1, keepdims=True))
-            return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+            return _softmax(logits(images))
 
         return Classifier(probabilities, path, "keras", info, model.input_shape[-1], model,
                           logits, num_classes=int(model.output_shape[-1]))
@@ -98,6 +96,12 @@ def load_classifier(path, prefer="saved_model"):
     serve = loaded.signatures["serving_default"]
 
     def probabilities(images):
+        if hasattr(loaded, "logits"):
+            # the images come prepared at the model's size, as evaluation makes them;
+            # serving_default would prepare them again (a second centre crop for
+            # random_resized models), so the SavedModels written here are read as
+            # the .keras file is
+            return _softmax(logits(images))
         images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
         return serve(images=images)["probabilities"].numpy()
 
@@ -115,6 +119,12 @@ def load_classifier(path, prefer="saved_model"):
                             input_size=size, num_classes=num_classes)
     classifier._loaded = loaded  # keeps the variables alive
     return classifier
+
+
+def _softmax(logits):
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def top_k_accuracy(classifier, batches, num_classes):
