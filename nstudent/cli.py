@@ -351,11 +351,11 @@ def validate_flags():
         raise ValueError(f"--validation_fraction must be in [0, 1), got "
                          f"{FLAGS.validation_fraction}.")
     if "contrastive_temperature" in FLAGS:
+        from nstudent.pretraining import check_batch
+
         contrastive_config(FLAGS.image_size or 1)  # temperature, head, k
         pretrain_train_config()
-        if FLAGS.pretrain_batch_size < 2:
-            raise ValueError(f"--pretrain_batch_size={FLAGS.pretrain_batch_size}: "
-                             "contrastive learning needs at least 2 images per replica.")
+        check_batch(FLAGS.pretrain_batch_size, 1)  # the replicas are counted later
         if FLAGS.ft_proj_selector < 0:
             raise ValueError(f"--ft_proj_selector must not be negative, got "
                              f"{FLAGS.ft_proj_selector}.")

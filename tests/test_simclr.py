@@ -116,14 +116,14 @@ def pretrain_run(tmp_path_factory):
 @pytest.mark.parametrize("selector", [0, 1, 3])
 def test_finetuning_from_selector_k_keeps_exactly_those_weights(pretrain_run, selector):
     from nstudent import models
-    from nstudent.pretraining import apply_pretrained, finetune_config
+    from nstudent.pretraining import apply_pretrained, finetune_config, pretrained_weights
 
     path, pretrained = pretrain_run
     config = finetune_config(path, models.ModelConfig(**dict(TINY, num_classes=7)), selector)
     assert len(config.head_units) == selector
     assert config.head_linear_last == (selector == 3)
     network = models.build_efficientnet(config)
-    copied = apply_pretrained(network, path)
+    copied = apply_pretrained(network, pretrained_weights(path), path)
     heads = sorted({l.name.rsplit("_", 1)[1] for l in network.layers
                     if l.name.startswith("head_")})
     assert heads == [str(k) for k in range(1, selector + 1)]  # exactly the first K

@@ -6,8 +6,9 @@ and a student that becomes the next teacher. Re-running the same command resumes
 
   python tools/pipeline.py ... --pretrain     # SimCLRv2 pretraining, then the loop
 
-Writes <out>/pretrain/ (with --pretrain), <out>/gen0/ (teacher), <out>/pseudo_labels_for_genK/, <out>/genK/ (each
-run folder with saved_model/, model.keras, metrics.json), <out>/manifest.json,
+Writes <out>/pretrain/ (with --pretrain), <out>/gen0/ (teacher),
+<out>/pseudo_labels_for_genK/, <out>/genK/ (each run folder with saved_model/,
+model.keras, metrics.json), <out>/manifest.json,
 and at the end prints a table and saves <out>/accuracy.png.
 """
 

@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from nstudent.export.atomic import read_json
+from nstudent.export.run import MODEL_INFO, PRETRAIN
 
-MODEL_INFO = "model_info.json"
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 
@@ -75,7 +75,7 @@ def load_classifier(path, prefer="saved_model"):
                 return load_classifier(os.path.join(path, name))
         raise FileNotFoundError(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
     info = _run_info(os.path.dirname(os.path.abspath(path)))
-    if info and info.get("kind") == "pretrain":
+    if info and info.get("kind") == PRETRAIN:
         raise ValueError(f"{path!r} is a contrastive pretraining run (embeddings, no "
                          "classifier); fine-tune it first: tools/train.py "
                          "--init_from_pretrained=<that run>.")

@@ -1,7 +1,8 @@
 """Runs the generations: gen0 (teacher), then per round pseudo-labels and a student.
 
   <out>/pretrain/                  SimCLRv2 pretraining (optional: --pretrain)
-  <out>/gen0/                      teacher run (fine-tuned from pretrain/ when there) (saved_model/, model.keras, metrics.json)
+  <out>/gen0/                      teacher run (saved_model/, model.keras, metrics.json),
+                                   fine-tuned from pretrain/ when there is one
   <out>/pseudo_labels_for_gen1/    gen0's filtered, balanced pseudo-labels
   <out>/gen1/                      noisy student trained on them; the next teacher
   ...
@@ -62,8 +63,7 @@ class Plan:
             d[key] = dataclasses.asdict(d[key]) if d[key] is not None else None
         d["input_config"].pop("image_size")
         if self.pretrain:
-            d["pretrain"] = {k: v.to_dict() if hasattr(v, "to_dict") else dataclasses.asdict(v)
-                             for k, v in self.pretrain.items()}
+            d["pretrain"] = {k: dataclasses.asdict(v) for k, v in self.pretrain.items()}
         d["corruptions"], d["fgsm_epsilons"] = list(self.corruptions), list(self.fgsm_epsilons)
         return d
 

@@ -9,6 +9,7 @@ _HOMES = {
     "ContrastiveLearner": "learner", "nt_xent": "losses",
     "knn_accuracy": "knn", "knn_predict": "knn",
     "finetune_config": "finetune", "apply_pretrained": "finetune",
+    "pretrained_weights": "finetune",
     "read_pretrain_run": "finetune", "check_pretrained": "finetune",
 }
 __all__ = sorted(_HOMES)

@@ -63,18 +63,23 @@ def finetune_config(path, model_config, selector):
         head_linear_last=selector == head.layers)
 
 
-def apply_pretrained(network, path):
-    """Copies every layer of `network` but its classifier from the pretraining run
-    at `path`, by name; returns the names copied."""
+def pretrained_weights(path):
+    """{layer name: weight arrays} of the pretraining run at `path` (read once, outside
+    any strategy scope: only the values are copied)."""
     pretrained = keras.saving.load_model(os.path.join(path, "model.keras"), compile=False)
-    source = {layer.name: layer for layer in pretrained.layers if layer.weights}
+    return {layer.name: layer.get_weights() for layer in pretrained.layers if layer.weights}
+
+
+def apply_pretrained(network, weights, path):
+    """Copies every layer of `network` but its classifier from `weights`
+    (`pretrained_weights(path)`), by name; returns the names copied."""
     copied = []
     for layer in network.layers:
         if not layer.weights or layer.name == "logits":
             continue
-        if layer.name not in source:
+        if layer.name not in weights:
             raise DataError(f"{path}: the pretrained network has no layer {layer.name}.")
-        layer.set_weights(source[layer.name].get_weights())
+        layer.set_weights(weights[layer.name])
         copied.append(layer.name)
     logging.info("Started from %s: %d layers (encoder and %d head layers); a new "
                  "classifier.", path, len(copied),

@@ -22,9 +22,6 @@ class ContrastiveLearner(LossStep):
 
     def __init__(self, network, views, num_classes, temperature, **kwargs):
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ValueError(f"--contrastive_temperature must be positive, got "
-                             f"{temperature}.")
         self.network, self.views = network, views
         self.temperature = float(temperature)
         self.probe = layers.Dense(num_classes, dtype="float32", name="linear_probe")

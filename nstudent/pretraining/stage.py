@@ -58,7 +58,7 @@ def contrastive_dataset(stage_data, input_config, seed):
     size, fraction = input_config.image_size, input_config.eval_crop_fraction
     labeled = stage_data.train.dataset(stage_data.labeled_indices, shuffle_seed=seed)
     split, indices = stage_data.unlabeled
-    sources = [labeled.map(lambda x, y: (x, y))]
+    sources = [labeled]
     counts = [len(stage_data.labeled_indices)]
     if len(indices):
         sources.append(split.dataset(indices, shuffle_seed=seed + 1).map(

@@ -1,8 +1,8 @@
 """Optimizer and learning-rate schedule from a few flags.
 
-Everything here but LARS (lars.py) is Keras' own: decoupled weight decay (kept off batch-norm
-parameters and biases, as timm and the reference do), the exponential moving
-average of the weights (`use_ema`) and gradient accumulation
+Everything here but LARS (lars.py) is Keras' own: decoupled weight decay (kept
+off batch-norm parameters and biases, as timm and the reference do), the
+exponential moving average of the weights (`use_ema`) and gradient accumulation
 (`gradient_accumulation_steps`). The schedule counts micro-steps, as Keras'
 optimizer evaluates it; with accumulation the moving average is also updated
 every micro-step (a decay d per micro-step is d**k per update).

@@ -14,11 +14,12 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
     `init_from_pretrained` (a pretraining run) the network keeps its encoder and
     first `ft_proj_selector` head layers (SimCLRv2's fine-tuning)."""
     if init_from_pretrained:
-        from nstudent.pretraining import apply_pretrained, finetune_config
+        from nstudent.pretraining import apply_pretrained, finetune_config, pretrained_weights
 
         if init_weights:
             raise ValueError("Pass --init_weights or --init_from_pretrained, not both.")
         model_config = finetune_config(init_from_pretrained, model_config, ft_proj_selector)
+        start_weights = pretrained_weights(init_from_pretrained)  # outside the scope
     run = StageRun("teacher", out_dir, stage_data, model_config, input_config, train_config)
     info, batch = stage_data.info, input_config.batch_size
     labeled = stage_data.labeled(batch, shuffle=True)
@@ -31,7 +32,7 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
     with run.scope():
         model_config, network = models.build_with_weights(model_config, init_weights)
         if init_from_pretrained:
-            apply_pretrained(network, init_from_pretrained)
+            apply_pretrained(network, start_weights, init_from_pretrained)
         run.model_config = model_config
         model = with_device_noise(network, input_config, stage_data.seed)
         compile_for_training(model, train_config, steps)
