@@ -6,6 +6,7 @@ import sys
 from absl import flags, logging
 
 from nstudent import augment, data, models, training
+from nstudent.errors import InputError
 
 FLAGS = flags.FLAGS
 
@@ -82,11 +83,15 @@ def define_train_flags():
                       "RandAugment implementation: keras_cv or keras per image in "
                       "tf.data, device inside the compiled step on uint8 batches, auto "
                       "(device under JAX on a GPU/TPU, else keras_cv). See README.")
+    flags.DEFINE_float("fill_value", 128.0, "Grey level (0-255) that fills what "
+                       "RandAugment's rotate, shear and translate expose (the reference's "
+                       "128; KerasCV and Keras would reflect, mirroring the object); 0 may "
+                       "suit images on a black background.")
     flags.DEFINE_bool("random_flip", True, "Random horizontal flips.")
-    flags.DEFINE_integer("crop_padding", 0, "Reflect-pad by this many pixels, then "
-                         "random-crop back.")
+    flags.DEFINE_integer("crop_padding", 0, "Pad by this many pixels of --fill_value, "
+                         "then random-crop back.")
     flags.DEFINE_enum("crop", "pad", list(data.CROPS), "pad: resize to a square, "
-                      "reflect-pad by --crop_padding and crop back (small images); "
+                      "pad by --crop_padding and crop back (small images); "
                       "random_resized: Inception-style crop of --crop_scale area and "
                       "--crop_ratio aspect, resized; evaluation then resizes the shorter "
                       "side and keeps the central --center_crop (photos).")
@@ -127,6 +132,8 @@ def define_train_flags():
 
 
 def define_pseudo_label_flags():
+    from nstudent.pseudo_labels.selection import WARN_COPIES
+
     flags.DEFINE_bool("hard_labels", False, "One-hot pseudo-labels (the teacher's top "
                       "class) instead of its soft probabilities.")
     flags.DEFINE_float("temperature", 1.0, "Softmax temperature applied to the teacher's "
@@ -136,6 +143,11 @@ def define_pseudo_label_flags():
     flags.DEFINE_integer("per_class", 0, "K: keep at most K images per predicted class "
                          "(most confident first) and repeat images of classes with fewer. "
                          "0: the mean count per class after filtering.")
+    flags.DEFINE_integer("max_copies", 0, "Balancing repeats each image of a class with "
+                         "fewer than K images up to K / n times; with this > 0 no image is "
+                         "repeated more often and the rest of that class's quota stays "
+                         "unfilled (stats.json says how much). 0: no limit (the paper's "
+                         f"balance; a warning above {WARN_COPIES} copies).")
     flags.DEFINE_integer("label_batch_size", 512, "Inference batch size of the teacher.")
     flags.DEFINE_integer("label_chunk_size", 16384, "Images per chunk of a labeling shard: "
                          "each chunk is saved as it finishes, and a killed shard resumes "
@@ -159,6 +171,7 @@ def label_config():
 
     return LabelConfig(hard=FLAGS.hard_labels, temperature=FLAGS.temperature,
                        min_confidence=FLAGS.min_confidence, per_class=FLAGS.per_class,
+                       max_copies=FLAGS.max_copies,
                        batch_size=FLAGS.label_batch_size, chunk_size=FLAGS.label_chunk_size)
 
 
@@ -302,13 +315,16 @@ def _pair(name):
     try:
         low, high = (float(v) for v in values)
     except ValueError:
-        raise ValueError(f"--{name} takes two numbers min,max; got {','.join(values)}.")
+        raise InputError(f"--{name} takes two numbers min,max; got {','.join(values)}.")
     return low, high
 
 
-def model_config(info):
+def model_config(info=None):
+    """The architecture the flags ask for; without `info` (before the data is read)
+    the class count is a stand-in, so only the flags' own settings are checked."""
     return models.ModelConfig(
-        variant=FLAGS.model, num_classes=info.num_classes, channels=info.channels,
+        variant=FLAGS.model, num_classes=info.num_classes if info else 2,
+        channels=info.channels if info else FLAGS.channels,
         image_size=FLAGS.image_size, width_scale=FLAGS.width_scale,
         depth_scale=FLAGS.depth_scale, stem_stride=FLAGS.stem_stride,
         dropout=FLAGS.dropout, stochastic_depth=FLAGS.stochastic_depth)
@@ -322,7 +338,7 @@ def input_config(image_size, batch_size=None):
         randaugment_impl=augment.resolve_impl(FLAGS.randaugment_impl),
         random_flip=FLAGS.random_flip, crop=FLAGS.crop, crop_padding=FLAGS.crop_padding,
         crop_scale=_pair("crop_scale"), crop_ratio=_pair("crop_ratio"),
-        center_crop=FLAGS.center_crop, cache=FLAGS.cache)
+        center_crop=FLAGS.center_crop, cache=FLAGS.cache, fill_value=FLAGS.fill_value)
 
 
 def train_config():
@@ -337,8 +353,87 @@ def train_config():
         backup_every_steps=FLAGS.backup_every_steps)
 
 
+# The range of every numeric shared flag: (flag, lowest, lowest allowed, highest,
+# highest allowed); None: unbounded. Checked before any data is read.
+FLAG_RANGES = (
+    ("labels_per_class", 0, True, None, False),  # 0: every label
+    ("num_classes", 0, True, None, False),  # 0: from the data
+    ("width_scale", 0, False, None, False),
+    ("depth_scale", 0, False, None, False),
+    ("image_size", 0, True, None, False),  # 0: the variant's resolution
+    ("dropout", None, False, 1, False),  # < 0: the variant's rate
+    ("stochastic_depth", 0, True, 1, False),
+    ("batch_size", 1, True, None, False),
+    ("epochs", 0, True, None, False),
+    ("steps_per_epoch", 0, True, None, False),  # 0: one pass over the data
+    ("learning_rate", 0, False, None, False),
+    ("weight_decay", 0, True, None, False),
+    ("warmup_epochs", 0, True, None, False),
+    ("randaugment_layers", 0, True, None, False),  # 0: no RandAugment
+    ("randaugment_magnitude", 0, True, 10, True),
+    ("crop_padding", 0, True, None, False),
+    ("fill_value", 0, True, 255, True),
+    ("bn_recalibration_batches", 0, True, None, False),
+    ("eval_every_epochs", 0, True, None, False),
+    ("backup_every_steps", 0, True, None, False),
+    ("grad_accum_steps", 1, True, None, False),
+    ("ema_decay", 0, True, 1, False),
+    ("label_smoothing", 0, True, 1, False),
+    ("validation_fraction", 0, True, 1, False),
+    ("temperature", 0, False, None, False),
+    ("min_confidence", 0, True, 1, True),
+    ("per_class", 0, True, None, False),  # 0: the mean count per class
+    ("max_copies", 0, True, None, False),  # 0: no limit
+    ("label_batch_size", 1, True, None, False),
+    ("label_chunk_size", 1, True, None, False),
+    ("unlabeled_ratio", 1, True, None, False),
+    ("pseudo_loss_weight", 0, True, None, False),
+    ("labeled_loss_weight", 0, True, None, False),
+    ("distill_temperature", 0, True, None, False),  # 0: no distillation
+    ("finetune_resolution", 0, True, None, False),  # 0: no fine-tuning
+    ("freeze_blocks", -1, True, None, False),  # -1: all but the last stage's
+    ("finetune_epochs", 0, True, None, False),
+    ("finetune_learning_rate", 0, False, None, False),
+    ("pretrain_epochs", 0, True, None, False),
+    ("pretrain_learning_rate", 0, False, None, False),
+    ("pretrain_weight_decay", 0, True, None, False),
+    ("pretrain_warmup_epochs", 0, True, None, False),
+    ("contrastive_temperature", 0, False, None, False),
+    ("proj_head_layers", 1, True, None, False),
+    ("proj_dim", 1, True, None, False),
+    ("color_jitter_strength", 0, True, None, False),
+    ("knn_k", 1, True, None, False),
+    ("ft_proj_selector", 0, True, None, False),
+)
+
+
+def check_range(name, value, low, low_ok, high, high_ok):
+    """InputError naming --`name` when `value` is outside the range."""
+    if ((low is None or value > low or (value == low and low_ok))
+            and (high is None or value < high or (value == high and high_ok))):
+        return
+    if high is None:
+        rule = ({True: "must not be negative", False: "must be positive"}[low_ok]
+                if low == 0 else f"must be at least {low}" if low_ok else
+                f"must be greater than {low}")
+    elif low is None:
+        rule = f"must be at most {high}" if high_ok else f"must be below {high}"
+    else:
+        rule = (f"must be in {'[' if low_ok else '('}{low}, "
+                f"{high}{']' if high_ok else ')'}")
+    raise InputError(f"--{name} {rule}, got {value}.")
+
+
+def check_flag_ranges(ranges=FLAG_RANGES):
+    for name, *bounds in ranges:
+        if name in FLAGS:
+            check_range(name, getattr(FLAGS, name), *bounds)
+
+
 def validate_flags():
     """Checks what can be checked before any data is read (fast errors)."""
+    check_flag_ranges()
+    model_config()  # stem stride, ...
     input_config(FLAGS.image_size or 1)  # crop and cache settings
     if FLAGS.init_weights and not os.path.exists(FLAGS.init_weights):
         raise data.DataError(f"--init_weights: no file at {FLAGS.init_weights!r}.")
@@ -348,7 +443,7 @@ def validate_flags():
         label_config()  # raises on a bad --temperature, --min_confidence, sizes
     train_config()  # --grad_accum_steps, --ema_decay, ...
     if not 0.0 <= FLAGS.validation_fraction < 1.0:
-        raise ValueError(f"--validation_fraction must be in [0, 1), got "
+        raise InputError(f"--validation_fraction must be in [0, 1), got "
                          f"{FLAGS.validation_fraction}.")
     if "contrastive_temperature" in FLAGS:
         from nstudent.pretraining import check_batch
@@ -357,7 +452,7 @@ def validate_flags():
         pretrain_train_config()
         check_batch(FLAGS.pretrain_batch_size, 1)  # the replicas are counted later
         if FLAGS.ft_proj_selector < 0:
-            raise ValueError(f"--ft_proj_selector must not be negative, got "
+            raise InputError(f"--ft_proj_selector must not be negative, got "
                              f"{FLAGS.ft_proj_selector}.")
         if FLAGS.init_from_pretrained:
             from nstudent.pretraining import check_pretrained
@@ -383,14 +478,19 @@ def already_finished(out, redo):
 
 
 def run_stage(stage, validate=True):
-    """Runs `stage()`; bad input ends in one line on stderr and exit code 2, never a
-    traceback: ValueError (DataError, ShardError, WeightsError), a missing file, and
-    an unreadable image met while streaming (named; see data/decode.py)."""
+    """Runs `stage()` after the flag checks (`validate`: True for the shared ones, or a
+    function that runs them and the tool's own). Bad input ends in one line on stderr
+    and exit code 2, never a traceback: an InputError (DataError, ShardError,
+    WeightsError, MissingInput, ...) and an unreadable image met while streaming
+    (named; see data/decode.py). Anything else is a bug: it propagates, and absl
+    prints its traceback and exits 1."""
     try:
-        if validate:
+        if callable(validate):
+            validate()
+        elif validate:
             validate_flags()
         return stage() or 0
-    except (ValueError, FileNotFoundError) as e:
+    except InputError as e:
         if os.environ.get("NSTUDENT_TRACEBACK"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -170,4 +170,57 @@ def test_device_random_resized_crop_is_a_zoom_of_the_stated_area():
     config = data.InputConfig(image_size=16, batch_size=4, randaugment_impl="device",
                               crop="random_resized")
     layer = augment.device_noise(config)
-    assert layer.crop_scale == (0.08, 1.0)
+    # training's Inception crop is cut in tf.data at the image's aspect ratio (below);
+    # the warp's crop serves SimCLR's views
+    assert layer.crop_scale is None and layer.crop_padding == 0
+
+
+@pytest.mark.parametrize("impl", ["device", "keras_cv", "keras"])
+def test_exposed_borders_are_filled_with_the_fill_value_not_reflected(impl):
+    """A uniform image stays uniform under every colour operation and under a warp that
+    reflects; filled with a constant, what rotate, shear and translate expose shows,
+    and it is the fill value (the reference RandAugment's 128, or 0)."""
+    image = np.full((16, 16, 3), 200, np.uint8)
+
+    def outputs(fill):
+        if impl == "device":
+            layer = DeviceNoise(num_ops=2, magnitude=10, random_flip=False, seed=0,
+                                fill_value=fill)
+            return _numpy(layer(np.repeat(image[None], 300, 0), training=True))
+        augment_one = augment.make_randaugment(2, 10, impl, seed=0, fill_value=fill)
+        return np.stack([_numpy(augment_one(tf.constant(image, tf.float32)))
+                         for _ in range(150)])
+
+    for fill in (128.0, 0.0):  # no colour operation takes 200 to either
+        out = outputs(fill)
+        uneven = out.reshape(len(out), -1).std(1) > 1.0
+        assert uneven.mean() > 0.05, uneven.mean()
+        assert np.any(np.abs(out - fill) < 0.5)
+
+
+def test_random_resized_crop_is_the_same_on_host_and_device_paths():
+    """A non-square image (24 x 48): the device path's batches are the host path's
+    crops, box for box (same function, same seed), at the image's aspect ratio. With
+    the whole image asked for (area 1, aspect 2) both give the whole image, resized."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (24, 48, 1)).astype(np.uint8)
+    examples = tf.data.Dataset.from_tensor_slices((np.repeat(image[None], 32, 0),
+                                                   np.arange(32) % 4))
+
+    def batches(impl, **crop):
+        config = data.InputConfig(image_size=16, batch_size=8, randaugment_impl=impl,
+                                  randaugment_layers=0, random_flip=False,
+                                  crop="random_resized", cache="none",
+                                  deterministic_order=True, **crop)
+        ds = data.train_dataset(examples, 4, config, seed=3)
+        return np.concatenate([x for x, _ in ds.take(4).as_numpy_iterator()])
+
+    host, device = batches("keras_cv"), batches("device")
+    assert device.dtype == np.uint8 and device.shape == (32, 16, 16, 1)
+    np.testing.assert_array_equal(device.astype(np.float32), host)
+    assert len({x.tobytes() for x in device}) > 20  # boxes differ from image to image
+    whole = dict(crop_scale=(1.0, 1.0), crop_ratio=(2.0, 2.0))
+    expected = np.asarray(data.pipeline.resize(image, 16))
+    for impl in ("keras_cv", "device"):
+        for x in batches(impl, **whole):
+            np.testing.assert_array_equal(x, expected)

@@ -6,9 +6,16 @@ from nstudent.models import ModelConfig, block_names, build_efficientnet, stocha
 from nstudent.models.efficientnet import BlockArgs, mbconv_block
 
 
-def test_b0_parameter_count_matches_paper():
+def test_b0_parameter_count_matches_keras_applications():
+    """5,330,564: Keras' own EfficientNetB0 (the reference layout, 5.3M in the paper)
+    less its input Normalization layer's 7 statistics (mean, variance, count), which
+    nstudent folds into one Rescaling layer without weights."""
     model = build_efficientnet(ModelConfig("b0", num_classes=1000))
-    assert abs(model.count_params() - 5.3e6) / 5.3e6 < 0.02
+    reference = keras.applications.EfficientNetB0(weights=None)
+    normalization = sum(layer.count_params() for layer in reference.layers
+                        if isinstance(layer, keras.layers.Normalization))
+    assert normalization == 7
+    assert model.count_params() == reference.count_params() - normalization == 5_330_564
 
 
 def test_scaling_knobs_change_size_and_depth():

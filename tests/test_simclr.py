@@ -17,19 +17,48 @@ from conftest import TINY, random_images
 from test_tools import ROOT, run_tool
 
 def numpy_nt_xent(z_a, z_b, temperature):
-    """NT-Xent straight from its definition: each of the 2N projections against the
-    other 2N - 1, its partner the positive; mean over the 2N anchors."""
+    """NT-Xent as google-research/simclr's `add_contrastive_loss` computes it, in
+    numpy: for each image i, the cross-entropy of view a against [b; a without
+    itself] plus that of view b against [a; b without itself], averaged over the N
+    images. That is 2x the paper's Algorithm 1 (the mean over the 2N anchors)."""
+    z_a = np.asarray(z_a, np.float64)
+    z_b = np.asarray(z_b, np.float64)
+    z_a /= np.linalg.norm(z_a, axis=1, keepdims=True)
+    z_b /= np.linalg.norm(z_b, axis=1, keepdims=True)
+    n = len(z_a)
+    large = 1e9
+    masks = np.eye(n)
+
+    def cross_entropy(logits, labels):
+        logits = logits - logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -(labels * log_p).sum(1)
+
+    logits_aa = z_a @ z_a.T / temperature - masks * large
+    logits_bb = z_b @ z_b.T / temperature - masks * large
+    logits_ab = z_a @ z_b.T / temperature
+    logits_ba = z_b @ z_a.T / temperature
+    labels = np.concatenate([np.eye(n), np.zeros((n, n))], 1)
+    loss_a = cross_entropy(np.concatenate([logits_ab, logits_aa], 1), labels)
+    loss_b = cross_entropy(np.concatenate([logits_ba, logits_bb], 1), labels)
+    hits = np.concatenate([np.concatenate([logits_ab, logits_aa], 1).argmax(1),
+                           np.concatenate([logits_ba, logits_bb], 1).argmax(1)]) == np.tile(
+        np.arange(n), 2)
+    return float(np.mean(loss_a + loss_b)), float(np.mean(hits))
+
+
+def algorithm_1(z_a, z_b, temperature):
+    """The paper's Algorithm 1: the mean over the 2N anchors (each against the other
+    2N - 1, its partner the positive)."""
     z = np.concatenate([z_a, z_b]).astype(np.float64)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     n = len(z_a)
-    losses, hits = [], []
+    losses = []
     for i in range(2 * n):
         partner = (i + n) % (2 * n)
-        others = [j for j in range(2 * n) if j != i]
-        sims = np.array([z[i] @ z[j] / temperature for j in others])
+        sims = np.array([z[i] @ z[j] / temperature for j in range(2 * n) if j != i])
         losses.append(-(z[i] @ z[partner] / temperature) + np.log(np.exp(sims).sum()))
-        hits.append(others[int(np.argmax(sims))] == partner)
-    return float(np.mean(losses)), float(np.mean(hits))
+    return float(np.mean(losses))
 
 
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
@@ -42,6 +71,7 @@ def test_nt_xent_equals_a_direct_numpy_computation(temperature):
     loss, accuracy = nt_xent(z_a, z_b, temperature)
     want_loss, want_accuracy = numpy_nt_xent(z_a, z_b, temperature)
     assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+    assert want_loss == pytest.approx(2 * algorithm_1(z_a, z_b, temperature), rel=1e-12)
     assert float(accuracy) == pytest.approx(want_accuracy)
     assert 0 < want_accuracy < 1  # a batch where some anchors miss: the count is real
     with pytest.raises(ValueError, match="temperature must be positive"):
@@ -73,6 +103,20 @@ def test_nt_xent_across_two_replicas_equals_one_replica_with_the_global_batch():
     assert np.abs(np.subtract(r["local_grad"], r["single_grad"])).max() > 1e-4
 
 
+def test_colour_jitter_factors_stay_non_negative_above_strength_1_25():
+    """At strength 2 the factors reach 1 - 1.6 < 0; clamped at 0 as the reference's, a
+    brightness factor never blacks out a grey image (unclamped, ~15% of them)."""
+    from nstudent.augment import ContrastiveViews
+
+    views = ContrastiveViews(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                             random_flip=False, jitter_strength=2.0, seed=0)
+    images = np.full((400, 8, 8, 1), 128, np.uint8)
+    out = np.asarray(views(images, training=True))
+    assert (out.max(axis=(1, 2, 3)) > 0).all()
+    assert (out.reshape(400, -1).std(1) < 1e-3).all()  # brightness/contrast only: flat
+    assert len(np.unique(out[:, 0, 0, 0].round(3))) > 100  # and jittered
+
+
 def test_projection_head_has_the_specified_layers(tiny_config):
     from nstudent.models import feature_width
     from nstudent.pretraining import HeadConfig, build_pretrain_network
@@ -86,6 +130,9 @@ def test_projection_head_has_the_specified_layers(tiny_config):
     dense = [layer for layer in head if isinstance(layer, keras.layers.Dense)]
     assert [layer.units for layer in dense] == [width, width, 16]
     assert not any(layer.use_bias for layer in dense)  # batch norm follows each
+    # the last batch norm has no offset (the reference's center=False), the others do
+    assert [layer.center for layer in head if isinstance(
+        layer, keras.layers.BatchNormalization)] == [True, True, False]
     out = network(random_images(3, 16, 1).astype("float32"))
     assert out["embeddings"].shape == (3, width) and out["projections"].shape == (3, 16)
     assert network.get_layer("head_dense_1").input.shape[-1] == width  # on the pooled features
@@ -317,8 +364,10 @@ def test_pipeline_pretrains_finetunes_and_distils_and_resumes(toy_folder, tmp_pa
     assert pre["stage"] == "pretrain" and pre["views_per_image"] == 2
     assert pre["resumed_from_epoch"] is not None and pre["resumed_from_step"] is not None
     assert pre["optimizer_iterations"] == 160 // 16  # as an uninterrupted run
-    assert 0 <= pre["knn_top1"] <= 1 and 0 <= pre["linear_eval_top1"] <= 1
     assert pre["knn_bank"] == 32 and pre["test_examples"] == 24
+    for key in ("knn_top1", "linear_eval_top1"):  # a count of the 24 test images
+        hits = pre[key] * 24
+        assert abs(hits - round(hits)) < 1e-6 and 0 <= round(hits) <= 24, (key, pre[key])
     assert pre["train_images_per_second"] > 0 and pre["train"]["optimizer"] == "lars"
     assert not os.path.exists(os.path.join(out, "pretrain", "backup"))
     assert "Pretrained encoder (pretrain/): kNN top-1" in result.stderr
@@ -339,3 +388,21 @@ def test_pipeline_pretrains_finetunes_and_distils_and_resumes(toy_folder, tmp_pa
     want = network.predict_on_batch(images.astype("float32"))
     for key in ("embeddings", "projections"):
         np.testing.assert_allclose(served[key].numpy(), want[key], rtol=1e-4, atol=1e-4)
+
+
+def test_pretraining_synchronises_batch_norm_on_several_tensorflow_replicas(caplog):
+    """SimCLR needs global batch norm: on 2+ TF replicas pretraining turns it on (and
+    says so) without --sync_batchnorm; one device and JAX (strategy None) keep theirs."""
+    import logging
+
+    from nstudent.pretraining.stage import pretraining_placement
+    from nstudent.training.distribute import Placement
+
+    mirrored = Placement("data_parallel", replicas=2, strategy=object())
+    with caplog.at_level(logging.INFO, logger="absl"):
+        placed = pretraining_placement(mirrored)
+    assert placed.sync_batchnorm and placed.report()["sync_batchnorm"] is True
+    assert "synchronised over the global batch" in caplog.text
+    for other in (Placement(), Placement("data_parallel", replicas=2),  # JAX: no strategy
+                  Placement("none", replicas=1, strategy=object())):
+        assert pretraining_placement(other) is other

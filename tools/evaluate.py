@@ -13,6 +13,7 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
+from nstudent.errors import InputError  # noqa: E402
 
 cli.define_data_flags()
 flags.DEFINE_string("model", None, "Run folder, .keras file or SavedModel folder.",
@@ -44,7 +45,7 @@ def main(argv):
         classifier.check_dataset(info)
         size = FLAGS.image_size or classifier.image_size or info.image_size
         if not size:
-            raise ValueError("Cannot tell the image size: pass --image_size.")
+            raise InputError("Cannot tell the image size: pass --image_size.")
         if FLAGS.corruptions or FLAGS.fgsm_epsilons:
             return _robustness(classifier, info, splits[FLAGS.split], size)
         indices = evaluation.spread_subset(len(splits[FLAGS.split]), FLAGS.examples)
@@ -75,7 +76,7 @@ def _robustness(classifier, info, split, size):
     try:
         severities = [int(s) for s in FLAGS.severities]
     except ValueError:
-        raise ValueError(f"--severities must be integers 1-5, got {FLAGS.severities}.")
+        raise InputError(f"--severities must be integers 1-5, got {FLAGS.severities}.")
     report = evaluation.robustness_report(
         classifier, split, info, size, FLAGS.batch_size, corruptions, severities, epsilons,
         FLAGS.examples)

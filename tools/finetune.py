@@ -12,6 +12,7 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
+from nstudent.errors import InputError  # noqa: E402
 
 cli.define_shared_flags()
 flags.DEFINE_string("run", None, "Run folder to fine-tune (with model.keras).",
@@ -28,7 +29,7 @@ def main(argv):
 
     def stage():
         if FLAGS.finetune_resolution <= 0:
-            raise ValueError("Pass --finetune_resolution (pixels).")
+            raise InputError("Pass --finetune_resolution (pixels).")
         out = finetuned_dir(FLAGS.run, FLAGS.finetune_resolution)
         if export.is_finished(out) and not FLAGS.overwrite:
             logging.info("%s is already finished; pass --overwrite to redo it.", out)

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
+from nstudent.errors import InputError  # noqa: E402
 
 cli.define_shared_flags()
 flags.DEFINE_string("out", None, "Output folder of the run.", required=True)
@@ -50,40 +51,70 @@ flags.adopt_module_key_flags(cli)
 FLAGS = flags.FLAGS
 
 
-def make_plan(info):
-    from nstudent import evaluation, models
-    from nstudent.pipeline import Plan
+PIPELINE_RANGES = (
+    ("generations", 0, True, None, False),
+    ("student_epochs", 0, True, None, False),  # 0: --epochs
+    ("student_learning_rate", 0, True, None, False),  # 0: --learning_rate
+    ("num_shards", 1, True, None, False),
+    ("robustness_examples", 0, True, None, False),  # 0: the whole test split
+)
 
-    if FLAGS.generations < 0:
-        raise ValueError(f"--generations must be 0 or more, got {FLAGS.generations}.")
+
+def model_names():
+    """The variant of each generation, gen0 first."""
     names = FLAGS.models or [FLAGS.model]
-    unknown = [m for m in names if m not in models.VARIANTS]
+    return (names + names[-1:] * FLAGS.generations)[:FLAGS.generations + 1]
+
+
+def corruption_names():
+    from nstudent import evaluation
+
+    return (evaluation.CORRUPTIONS if FLAGS.corruptions == ["all"]
+            else tuple(FLAGS.corruptions))
+
+
+def check_flags():
+    """The shared flags and the pipeline's own, all before any data is read."""
+    from nstudent import evaluation, models
+
+    cli.validate_flags()
+    cli.check_flag_ranges(PIPELINE_RANGES)
+    unknown = [m for m in FLAGS.models or [FLAGS.model] if m not in models.VARIANTS]
     if unknown:
-        raise ValueError(f"--models: unknown variant(s) {', '.join(unknown)}; choose from "
+        raise InputError(f"--models: unknown variant(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(models.VARIANTS)}.")
-    names = (names + names[-1:] * FLAGS.generations)[:FLAGS.generations + 1]
-    base = cli.model_config(info)
-    corruptions = (evaluation.CORRUPTIONS if FLAGS.corruptions == ["all"]
-                   else tuple(FLAGS.corruptions))
-    unknown = [c for c in corruptions if c not in evaluation.CORRUPTIONS]
+    unknown = [c for c in corruption_names() if c not in evaluation.CORRUPTIONS]
     if unknown:
-        raise ValueError(f"--corruptions: unknown {', '.join(unknown)}; choose from "
+        raise InputError(f"--corruptions: unknown {', '.join(unknown)}; choose from "
                          f"{', '.join(evaluation.CORRUPTIONS)}.")
+    for e in FLAGS.fgsm_epsilons:
+        evaluation.parse_epsilon(e)
+    names = model_names()
+    base = cli.model_config()
     if FLAGS.finetune_resolution:
         from nstudent.training.finetune import min_resolution
 
         blocks = min(len(models.stage_plan(base.replace(variant=n))) for n in names)
         if FLAGS.freeze_blocks > blocks:
-            raise ValueError(f"--freeze_blocks={FLAGS.freeze_blocks}, but the models have "
+            raise InputError(f"--freeze_blocks={FLAGS.freeze_blocks}, but the models have "
                              f"{blocks} blocks.")
         smallest = max(min_resolution(base.replace(variant=n)) for n in names)
         if FLAGS.finetune_resolution < smallest:
-            raise ValueError(f"--finetune_resolution={FLAGS.finetune_resolution} is below "
+            raise InputError(f"--finetune_resolution={FLAGS.finetune_resolution} is below "
                              f"the models' minimum of {smallest} px.")
     from nstudent.training.student import check_distillation
 
     check_distillation(FLAGS.distill_temperature, FLAGS.labeled_loss_weight,
                        {"hard": FLAGS.hard_labels, "temperature": FLAGS.temperature})
+
+
+def make_plan(info):
+    from nstudent import evaluation
+    from nstudent.pipeline import Plan
+
+    names = model_names()
+    base = cli.model_config(info)
+    corruptions = corruption_names()
     pretrain = None
     if FLAGS.pretrain:
         size = base.resolved_image_size
@@ -131,7 +162,7 @@ def main(argv):
             logging.warning("Skipped %d unreadable images in all (first: %s).",
                             len(skipped), ", ".join(skipped[:3]))
 
-    code = cli.run_stage(stage)
+    code = cli.run_stage(stage, validate=check_flags)
     if code:
         return code
     plot = os.path.join(FLAGS.out, "accuracy.png")

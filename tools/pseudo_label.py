@@ -23,6 +23,7 @@ from absl import app, flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
+from nstudent.errors import InputError, MissingInput  # noqa: E402
 
 cli.define_shared_flags()
 flags.DEFINE_string("teacher", None, "Teacher: a run folder, a .keras file or a "
@@ -40,12 +41,12 @@ FLAGS = flags.FLAGS
 
 def check_flags():
     if FLAGS.num_shards < 1:
-        raise ValueError(f"--num_shards must be at least 1, got {FLAGS.num_shards}.")
+        raise InputError(f"--num_shards must be at least 1, got {FLAGS.num_shards}.")
     if not -1 <= FLAGS.shard_index < FLAGS.num_shards:
-        raise ValueError(f"--shard_index={FLAGS.shard_index} is outside [0, "
+        raise InputError(f"--shard_index={FLAGS.shard_index} is outside [0, "
                          f"{FLAGS.num_shards}) (or -1: every shard).")
     if not os.path.exists(FLAGS.teacher):
-        raise FileNotFoundError(f"--teacher: no model at {FLAGS.teacher!r}.")
+        raise MissingInput(f"--teacher: no model at {FLAGS.teacher!r}.")
 
 
 def main(argv):

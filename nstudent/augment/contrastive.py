@@ -3,8 +3,9 @@
 Each call draws a new view of every image of a uint8 batch: a random resized
 crop (area `crop_scale`, aspect `crop_ratio`) and flip, folded into one affine
 warp by `DeviceNoise`; colour jitter with probability 0.8 (brightness, contrast
-and saturation factors in 1 +- 0.8 s, hue shifted by up to 0.2 s of the circle,
-for strength s, in that fixed order); greyscale with probability 0.2; and a
+and saturation factors in [max(1 - 0.8 s, 0), 1 + 0.8 s], clamped at 0 as the
+reference's are, hue shifted by up to 0.2 s of the circle, for strength s, in
+that fixed order); greyscale with probability 0.2; and a
 Gaussian blur with probability 0.5 (sigma 0.1-2 px, kernel a tenth of the side),
 which SimCLR leaves off for small images. Grey images get brightness and
 contrast only. keras.ops only: TensorFlow or JAX, XLA-compilable.
@@ -58,8 +59,8 @@ class ContrastiveViews(keras.layers.Layer):
         jitter = self._drawn(batch, JITTER_PROBABILITY)
         reach = 0.8 * self.jitter_strength
 
-        def factor():
-            return _per_image(1.0 + jitter * self._uniform(batch, -reach, reach))
+        def factor():  # in [max(1 - reach, 0), 1 + reach]: never negative (s > 1.25)
+            return _per_image(1.0 + jitter * self._uniform(batch, -min(reach, 1.0), reach))
 
         x = ops.clip(x * factor(), 0.0, 1.0)  # brightness
         mean = ops.mean(_grey(x), axis=(1, 2, 3), keepdims=True)

@@ -14,13 +14,16 @@ ships raw pixels and does no per-image work.
 Magnitudes follow the RandAugment paper's ImageNet settings at M = 10
 (rotate 30 degrees, shear 0.3, translate 0.45 of the side, enhance factors
 1 +- 0.9, solarize threshold down to 0, posterize down to 4 bits), scaled by
-M / 10. The colour operations run first and the warp last.
+M / 10. The colour operations run first and the warp last; what the warp exposes
+is filled with a constant grey (FILL_VALUE).
 """
 
 import math
 
 import keras
 from keras import ops
+
+from nstudent.errors import InputError
 
 OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color",
        "posterize", "contrast", "brightness", "sharpness", "shear_x", "shear_y",
@@ -31,6 +34,10 @@ MAX_SHEAR = 0.3
 MAX_TRANSLATE = 0.45  # of the image side
 MAX_ENHANCE = 0.9
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
+# What a warp exposes (rotate, shear, translate, the padded crop) is filled with this
+# grey, as the reference RandAugment does; reflecting would mirror an object into a
+# duplicate at magnitude 9. 0 may suit black-background images (--fill_value).
+FILL_VALUE = 128.0
 
 
 def _blend(degenerate, images, factor):
@@ -109,10 +116,13 @@ class DeviceNoise(keras.layers.Layer):
     """
 
     def __init__(self, num_ops=2, magnitude=9.0, random_flip=True, crop_padding=0,
-                 seed=None, crop_scale=None, crop_ratio=(0.75, 4 / 3), **kwargs):
+                 seed=None, crop_scale=None, crop_ratio=(0.75, 4 / 3),
+                 fill_value=FILL_VALUE, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= magnitude <= MAX_MAGNITUDE:
-            raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
+            raise InputError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
+        if num_ops < 0:
+            raise InputError(f"RandAugment takes 0 (off) or more operations, got {num_ops}.")
         self.num_ops = int(num_ops)
         self.magnitude = float(magnitude)
         self.random_flip = bool(random_flip)
@@ -120,6 +130,7 @@ class DeviceNoise(keras.layers.Layer):
         # random resized crop (area fraction range) instead of the padded crop
         self.crop_scale = None if crop_scale is None else tuple(float(v) for v in crop_scale)
         self.crop_ratio = tuple(float(v) for v in crop_ratio)
+        self.fill_value = float(fill_value)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True  # no weights: fit() need not call it on sample data to build it
@@ -196,7 +207,8 @@ class DeviceNoise(keras.layers.Layer):
                           _translation(zero - cx, zero - cy))
         transform = ops.concatenate(
             [ops.reshape(warp[:, :2, :], (-1, 6)), ops.zeros((batch, 2), "float32")], -1)
-        images = ops.image.affine_transform(images, transform, fill_mode="reflect")
+        images = ops.image.affine_transform(images, transform, fill_mode="constant",
+                                            fill_value=self.fill_value)
         return ops.clip(images, 0.0, 255.0)
 
     def _resized_crop(self, batch, size):
@@ -218,15 +230,19 @@ class DeviceNoise(keras.layers.Layer):
         return {**super().get_config(), "num_ops": self.num_ops,
                 "magnitude": self.magnitude, "random_flip": self.random_flip,
                 "crop_padding": self.crop_padding, "seed": self.seed,
-                "crop_scale": self.crop_scale, "crop_ratio": self.crop_ratio}
+                "crop_scale": self.crop_scale, "crop_ratio": self.crop_ratio,
+                "fill_value": self.fill_value}
 
 
 def device_noise(config, seed=None):
-    """The DeviceNoise an InputConfig asks for, or None when noise is made on the host."""
+    """The DeviceNoise an InputConfig asks for, or None when noise is made on the host.
+    With --crop=random_resized the Inception crop is not here: tf.data cuts it from
+    the image at its own aspect ratio with the host path's very function (one crop
+    and resize per image, which a mixed-size folder needs anyway) and ships it at the
+    resolution; a square batch on the device has lost that aspect ratio."""
     if config.randaugment_impl != "device":
         return None
-    resized = config.crop == "random_resized"
+    padding = config.crop_padding if config.crop == "pad" else 0
     return DeviceNoise(config.randaugment_layers, config.randaugment_magnitude,
-                       config.random_flip, config.crop_padding, seed=seed,
-                       crop_scale=config.crop_scale if resized else None,
-                       crop_ratio=config.crop_ratio, name="device_noise")
+                       config.random_flip, padding, seed=seed,
+                       fill_value=config.fill_value, name="device_noise")

@@ -15,6 +15,8 @@ on the host cannot keep up, and "keras_cv" elsewhere.
 Magnitudes use the RandAugment paper's 0-10 scale (10 = strongest).
 """
 
+from nstudent.errors import InputError
+
 IMPLEMENTATIONS = ("auto", "keras_cv", "keras", "device", "none")
 MAX_MAGNITUDE = 10.0
 
@@ -33,18 +35,22 @@ def resolve_impl(impl):
     return "keras_cv"
 
 
-def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None):
-    """Returns a function: float32 image [H, W, C] in [0, 255] -> same, augmented."""
+def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None, fill_value=128.0):
+    """Returns a function: float32 image [H, W, C] in [0, 255] -> same, augmented.
+    Shear, translate and rotate fill what they expose with `fill_value`, as the
+    reference RandAugment does (KerasCV and Keras reflect by default)."""
     if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"Unknown RandAugment implementation {impl!r}; "
+        raise InputError(f"Unknown RandAugment implementation {impl!r}; "
                          f"choose one of {', '.join(IMPLEMENTATIONS)}.")
     if not 0 <= magnitude <= MAX_MAGNITUDE:
-        raise ValueError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
+        raise InputError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
+    if num_ops < 0:
+        raise InputError(f"RandAugment takes 0 (off) or more operations, got {num_ops}.")
     impl = resolve_impl(impl)
     if impl == "device":
-        raise ValueError("RandAugment 'device' runs in the model (augment.DeviceNoise), "
+        raise InputError("RandAugment 'device' runs in the model (augment.DeviceNoise), "
                          "not in tf.data.")
-    if impl == "none" or num_ops <= 0:
+    if impl == "none" or num_ops == 0:
         return lambda image: image
     import tensorflow as tf
 
@@ -61,6 +67,8 @@ def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None):
         layer = keras.layers.RandAugment(
             value_range=(0, 255), num_ops=num_ops, factor=strength, seed=seed)
 
+    _fill_with_constant(layer, fill_value)
+
     def augment(image):
         channels = image.shape[-1]
         if channels == 1:
@@ -72,3 +80,16 @@ def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None):
         return tf.clip_by_value(image, 0.0, 255.0)
 
     return augment
+
+
+def _fill_with_constant(layer, value):
+    """Sets every geometric sub-layer of a KerasCV or Keras RandAugment to fill with
+    `value` (neither exposes it; both read these attributes when called)."""
+    subs = list(getattr(layer, "layers", [])) + list(vars(layer).values())
+    filled = 0
+    for sub in subs:
+        if hasattr(sub, "fill_mode"):
+            sub.fill_mode, sub.fill_value = "constant", float(value)
+            filled += 1
+    if not filled:
+        raise RuntimeError(f"{type(layer).__name__} has no geometric layer to set a fill on.")

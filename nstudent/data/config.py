@@ -6,6 +6,8 @@ tf.data) can use it on a machine without TensorFlow.
 
 import dataclasses
 
+from nstudent.errors import InputError
+
 CROPS = ("pad", "random_resized")
 CACHES = ("auto", "memory", "disk", "none")
 
@@ -18,29 +20,45 @@ class InputConfig:
     randaugment_magnitude: float = 9.0
     randaugment_impl: str = "keras_cv"
     random_flip: bool = True
-    crop: str = "pad"  # pad: resize, reflect-pad, random crop; random_resized: Inception
-    crop_padding: int = 0  # pad: pixels of reflect padding before a random crop
+    crop: str = "pad"  # pad: resize, pad, random crop; random_resized: Inception
+    crop_padding: int = 0  # pad: pixels of fill_value padding before a random crop
     crop_scale: tuple = (0.08, 1.0)  # random_resized: area fraction range
     crop_ratio: tuple = (0.75, 4 / 3)  # random_resized: aspect ratio range
     center_crop: float = 0.875  # random_resized: evaluation keeps this central fraction
+    fill_value: float = 128.0  # what geometric noise exposes is filled with this grey
     cache: str = "auto"  # auto|memory|disk|none
     shuffle_buffer: int = 16384
+    # the host noise keeps the order of its input (reproducible batches; tests):
+    # out of order, a slow image holds up no batch
+    deterministic_order: bool = False
 
     def __post_init__(self):
+        if self.batch_size < 1:
+            raise InputError(f"--batch_size must be at least 1, got {self.batch_size}.")
+        if self.randaugment_layers < 0:
+            raise InputError(f"--randaugment_layers must be 0 (no RandAugment) or more, "
+                             f"got {self.randaugment_layers}.")
+        if not 0 <= self.randaugment_magnitude <= 10:
+            raise InputError(f"--randaugment_magnitude must be in [0, 10], got "
+                             f"{self.randaugment_magnitude}.")
+        if not 0 <= self.fill_value <= 255:
+            raise InputError(f"--fill_value must be in [0, 255], got {self.fill_value}.")
+        if self.crop_padding < 0:
+            raise InputError(f"--crop_padding must not be negative, got {self.crop_padding}.")
         if self.crop not in CROPS:
-            raise ValueError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}.")
+            raise InputError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}.")
         if self.cache not in CACHES:
-            raise ValueError(f"--cache must be one of {', '.join(CACHES)}, got "
+            raise InputError(f"--cache must be one of {', '.join(CACHES)}, got "
                              f"{self.cache!r}.")
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
-            raise ValueError(f"--crop_scale must satisfy 0 < min <= max <= 1, got "
+            raise InputError(f"--crop_scale must satisfy 0 < min <= max <= 1, got "
                              f"{low},{high}.")
         low, high = self.crop_ratio
         if not 0 < low <= high:
-            raise ValueError(f"--crop_ratio must satisfy 0 < min <= max, got {low},{high}.")
+            raise InputError(f"--crop_ratio must satisfy 0 < min <= max, got {low},{high}.")
         if not 0 < self.center_crop <= 1:
-            raise ValueError(f"--center_crop must be in (0, 1], got {self.center_crop}.")
+            raise InputError(f"--center_crop must be in (0, 1], got {self.center_crop}.")
 
     @classmethod
     def for_evaluation(cls, image_size, batch_size, crop_fraction=0.0):

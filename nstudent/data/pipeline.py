@@ -3,9 +3,10 @@
 Images stay uint8 until augmentation (a small cache, a cheap host transfer);
 batches are float32 pixels in [0, 255] with one-hot (or soft) float32 labels,
 so labeled and pseudo-labeled data look the same to the loss. With RandAugment
-on the device, training batches stay uint8: the model adds all the noise.
+on the device, training batches stay uint8: the model adds the noise (all of it
+but the Inception crop, which is cut here at the image's own aspect ratio).
 
-Two crops: `pad` resizes every image to a square, then reflect-pads and crops
+Two crops: `pad` resizes every image to a square, then pads (--fill_value) and crops
 back (small images); `random_resized` is the Inception crop used for photos
 (a random area and aspect ratio, resized to the training resolution), and
 evaluation then resizes the shorter side and keeps the central fraction: the
@@ -78,9 +79,11 @@ def preprocess_eval(image, size, crop_fraction=0.0):
     return resize(image, size)
 
 
-def random_resized_crop(image, config, seed=None):
-    """Inception-style crop: area in config.crop_scale, aspect in config.crop_ratio."""
-    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+def random_resized_crop(image, config, seed):
+    """Inception-style crop: area in config.crop_scale, aspect in config.crop_ratio.
+    `seed`: a [2] int tensor; the box is a function of it (stateless), so parallel
+    calls draw the same boxes in any order and a resumed stream draws them again."""
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
         min_object_covered=0.0, aspect_ratio_range=config.crop_ratio,
         area_range=config.crop_scale, max_attempts=10,
@@ -89,25 +92,35 @@ def random_resized_crop(image, config, seed=None):
     return resize(tf.ensure_shape(crop, [None, None, image.shape[-1]]), config.image_size)
 
 
+def element_seed(seed, index, salt=0):
+    """The [2] seed of the stream's element `index` for one kind of stateless noise."""
+    base = tf.constant((int(seed or 0) * 7919 + salt) % (2 ** 31), tf.int64)
+    return tf.stack([base, tf.cast(index, tf.int64)])
+
+
 def _prepared(image, config):
     """What the cache holds: pad, a square at the resolution; random_resized, the
     image with its shorter side at most RANDOM_RESIZED_KEEP x the resolution."""
-    if config.crop == "pad" or config.randaugment_impl == "device":
+    if config.crop == "pad":
         return resize(image, config.image_size)
     limit = RANDOM_RESIZED_KEEP * config.image_size
     shorter = tf.reduce_min(tf.shape(image)[:2])
     return tf.cond(shorter > limit, lambda: resize_shorter(image, limit), lambda: image)
 
 
-def _crop_and_flip(image, config, seed=None):
+def _crop_and_flip(image, index, config, seed=None):
+    """The crop and flip of the stream's element `index`: stateless, so they are the
+    same whatever order parallel calls run in, and after a resume."""
     if config.crop == "random_resized":
-        image = random_resized_crop(image, config, seed)
+        image = random_resized_crop(image, config, element_seed(seed, index, 1))
     elif config.crop_padding > 0:
         p = config.crop_padding
-        padded = tf.pad(image, [[p, p], [p, p], [0, 0]], mode="REFLECT")
-        image = tf.image.random_crop(padded, tf.shape(image))
+        padded = tf.pad(image, [[p, p], [p, p], [0, 0]],
+                        constant_values=tf.cast(config.fill_value, image.dtype))
+        image = tf.image.stateless_random_crop(padded, tf.shape(image),
+                                               element_seed(seed, index, 2))
     if config.random_flip:
-        image = tf.image.random_flip_left_right(image)
+        image = tf.image.stateless_random_flip_left_right(image, element_seed(seed, index, 3))
     return image
 
 
@@ -124,7 +137,7 @@ def _one_hot(num_classes):
 
 def cache_bytes_per_image(config, channels):
     side = config.image_size * (RANDOM_RESIZED_KEEP if config.crop == "random_resized"
-                                and config.randaugment_impl != "device" else 1)
+                                else 1)
     return side * side * channels
 
 
@@ -162,14 +175,27 @@ def _cache(ds, mode, num_examples):
     return ds
 
 
+def noise_seed(seed, start):
+    """The host noise's seed for a stream resumed after `start` batches: KerasCV draws
+    from one generator that several map calls share, in no fixed order, so its place
+    cannot be saved; a resumed stream draws anew instead of replaying the first draws."""
+    if seed is None or not start:
+        return seed
+    return (int(seed) * 1_000_003 + int(start)) % (2 ** 31 - 1)
+
+
 def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat=True,
-                  num_examples=None, shuffled=False):
+                  num_examples=None, shuffled=False, start=0):
     """Shuffled, repeated, noisy batches from (uint8 image, int or soft label) examples.
 
     `augment=False` gives clean batches: the evaluation preprocessing, shuffled.
     `num_examples` lets cache=auto decide whether the prepared set fits in memory.
     `shuffled`: the examples come reshuffled every pass (Split.dataset(shuffle_seed=)),
     so without a cache a small buffer suffices and the first batch comes at once.
+    `start`: batches already trained on (a resumed stage). The seeded order is a
+    function of the seed alone, so the stream continues at batch `start`; the
+    examples before it are skipped ahead of the noise (only decoding and shuffling
+    are replayed, and decoding only without a cache).
     """
     channels = examples.element_spec[0].shape[-1]
     if augment:
@@ -185,20 +211,33 @@ def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    ds = ds.enumerate()  # the element's place in the stream keys its crop and flip
+    if start:
+        ds = ds.skip(int(start) * config.batch_size)
     if augment and config.randaugment_impl == "device":
-        pass  # uint8 to the accelerator; crop, flip and RandAugment happen there
+        # uint8 to the accelerator, where flip, RandAugment and the padded crop happen;
+        # the Inception crop is cut here, from the image at its own aspect ratio
+        if config.crop == "random_resized":
+            ds = ds.map(lambda i, xy: (random_resized_crop(
+                xy[0], config, element_seed(seed, i, 1)), xy[1]),
+                num_parallel_calls=AUTOTUNE, deterministic=config.deterministic_order)
+        else:
+            ds = ds.map(lambda i, xy: xy)
     elif augment:
         randaugment = make_randaugment(
             config.randaugment_layers, config.randaugment_magnitude,
-            config.randaugment_impl, seed)
+            config.randaugment_impl, noise_seed(seed, start), config.fill_value)
 
-        def noise(image, label):
-            image = _crop_and_flip(image, config, seed)
+        def noise(index, example):
+            image, label = example
+            image = _crop_and_flip(image, index, config, seed)
             return randaugment(tf.cast(image, tf.float32)), label
 
-        ds = ds.map(noise, num_parallel_calls=AUTOTUNE, deterministic=False)
+        ds = ds.map(noise, num_parallel_calls=AUTOTUNE,
+                    deterministic=config.deterministic_order)
     else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda i, xy: (tf.cast(xy[0], tf.float32), xy[1]),
+                    num_parallel_calls=AUTOTUNE)
     ds = ds.batch(config.batch_size, drop_remainder=True)
     return ds.map(_one_hot(num_classes), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 

@@ -23,6 +23,7 @@ from absl import logging
 
 from nstudent.data.decode import (IMAGE_EXTENSIONS, CorruptLog, decode, decode_file,
                                   scan)
+from nstudent.errors import InputError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -34,7 +35,7 @@ SHUFFLE_BEFORE_DECODE = 65536  # records shuffled before decoding (paths: cheap)
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad or missing input data; the message says what and where."""
 
 

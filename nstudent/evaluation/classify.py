@@ -1,6 +1,8 @@
 """Loading any exported model for inference, and top-1/top-5 accuracy."""
 
 import dataclasses
+import functools
+import hashlib
 import os
 from typing import Callable, Optional
 
@@ -8,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nstudent.errors import InputError, MissingInput
 from nstudent.export.atomic import read_json
 from nstudent.export.run import MODEL_INFO, PRETRAIN
 
@@ -42,19 +45,48 @@ class Classifier:
         """0: images are resized to a square; else the central fraction kept."""
         return (self.info or {}).get("eval_crop_fraction", 0.0)
 
+    @functools.cached_property
+    def digest(self):
+        """What identifies the model: `weights_digest` of its weights (a retrained
+        teacher gets another even at the same path; the run folder, its .keras file and
+        its SavedModel give the same one)."""
+        if self.keras_model is not None:
+            variables = self.keras_model.weights
+        else:
+            variables = self._loaded.variables
+        return weights_digest([keras.ops.convert_to_numpy(v) for v in variables
+                               if np.issubdtype(np.dtype(_dtype_name(v)), np.floating)])
+
     def check_dataset(self, dataset_info):
         """Stops before inference when the data cannot be what the model was trained on."""
         if dataset_info.channels != self.channels:
-            raise ValueError(f"The model takes {self.channels}-channel images but "
+            raise InputError(f"The model takes {self.channels}-channel images but "
                              f"{dataset_info.name} has {dataset_info.channels} channels.")
         trained = (self.info or {}).get("dataset", {}).get("class_names")
         names = list(dataset_info.class_names)
         if trained and names != list(trained):
             unknown = sorted(set(names) - set(trained))
-            raise ValueError(
+            raise InputError(
                 f"{dataset_info.name} has classes the model was not trained on: "
                 f"{', '.join(unknown)}." if unknown else
                 f"{dataset_info.name} has classes {names}, the model {list(trained)}.")
+
+
+def weights_digest(arrays):
+    """SHA-256 (hex) of weight arrays in their order: each one's dtype, shape and bytes.
+    Of the arrays, not of a .keras file (a zip holding timestamps), so saving the same
+    weights twice gives the same digest."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _dtype_name(variable):
+    dtype = variable.dtype
+    return getattr(dtype, "name", dtype)
 
 
 def _run_info(run_dir):
@@ -65,7 +97,7 @@ def _run_info(run_dir):
 def load_classifier(path, prefer="saved_model"):
     """Opens a run folder, a `.keras` file or a SavedModel folder."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No model at {path!r}.")
+        raise MissingInput(f"No model at {path!r}.")
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
         order = [SAVED_MODEL_DIR, KERAS_FILE]
         if prefer == "keras":
@@ -73,10 +105,10 @@ def load_classifier(path, prefer="saved_model"):
         for name in order:
             if os.path.exists(os.path.join(path, name)):
                 return load_classifier(os.path.join(path, name))
-        raise FileNotFoundError(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
+        raise MissingInput(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
     info = _run_info(os.path.dirname(os.path.abspath(path)))
     if info and info.get("kind") == PRETRAIN:
-        raise ValueError(f"{path!r} is a contrastive pretraining run (embeddings, no "
+        raise InputError(f"{path!r} is a contrastive pretraining run (embeddings, no "
                          "classifier); fine-tune it first: tools/train.py "
                          "--init_from_pretrained=<that run>.")
     if path.endswith(".keras"):
@@ -92,7 +124,7 @@ def load_classifier(path, prefer="saved_model"):
                           logits, num_classes=int(model.output_shape[-1]))
     loaded = tf.saved_model.load(path)
     if "serving_default" not in loaded.signatures:
-        raise ValueError(f"SavedModel {path!r} has no serving_default signature.")
+        raise InputError(f"SavedModel {path!r} has no serving_default signature.")
     serve = loaded.signatures["serving_default"]
 
     def probabilities(images):
@@ -134,7 +166,7 @@ def top_k_accuracy(classifier, batches, num_classes):
     for images, labels in batches.as_numpy_iterator():
         probs = classifier.probabilities(images)
         if probs.shape[-1] != num_classes:
-            raise ValueError(f"The model predicts {probs.shape[-1]} classes but the "
+            raise InputError(f"The model predicts {probs.shape[-1]} classes but the "
                              f"dataset has {num_classes}.")
         truth = np.argmax(np.asarray(labels), axis=-1)
         top = np.argsort(-probs, axis=-1)[:, :k]
@@ -142,5 +174,5 @@ def top_k_accuracy(classifier, batches, num_classes):
         correct5 += int(np.sum(np.any(top == truth[:, None], axis=-1)))
         total += len(truth)
     if not total:
-        raise ValueError("The evaluation split is empty.")
+        raise InputError("The evaluation split is empty.")
     return {"top1": correct1 / total, "top5": correct5 / total, "examples": total}

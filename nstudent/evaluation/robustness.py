@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from nstudent.errors import InputError
+
 SEVERITIES = (1, 2, 3, 4, 5)
 _TABLES = {
     "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # std, pixels in [0, 1]
@@ -39,9 +41,9 @@ def _blur(x, sigma):
 def corrupt(image, name, severity, seed):
     """uint8 [H, W, C] -> uint8 [H, W, C]; `seed` is a stateless seed [2]."""
     if name not in _TABLES:
-        raise ValueError(f"Unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}.")
+        raise InputError(f"Unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}.")
     if severity not in SEVERITIES:
-        raise ValueError(f"Severity must be 1-5, got {severity}.")
+        raise InputError(f"Severity must be 1-5, got {severity}.")
     c = _TABLES[name][severity - 1]
     if name == "jpeg_compression":
         return tf.image.adjust_jpeg_quality(image, c)
@@ -127,7 +129,7 @@ def robustness_report(classifier, split, info, image_size, batch_size=256,
 
     unknown = [c for c in corruptions if c not in _TABLES]
     if unknown:
-        raise ValueError(f"Unknown corruption(s) {', '.join(unknown)}; choose from "
+        raise InputError(f"Unknown corruption(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(CORRUPTIONS)}.")
     indices = spread_subset(len(split), examples)
     config = InputConfig.for_evaluation(image_size, batch_size, classifier.crop_fraction)
@@ -149,7 +151,7 @@ def robustness_report(classifier, split, info, image_size, batch_size=256,
         report["mean_corruption_top1"] = float(np.mean(per))
     if epsilons:
         if classifier.keras_model is None:
-            raise ValueError(f"FGSM needs the Keras model; {classifier.path!r} is a "
+            raise InputError(f"FGSM needs the Keras model; {classifier.path!r} is a "
                              "SavedModel (pass the run folder with --prefer=keras).")
         for eps in epsilons:
             report["fgsm"][f"{eps:.6g}"] = fgsm_accuracy(
@@ -165,10 +167,10 @@ def parse_epsilon(text):
             value = float(num) / float(den)
         else:
             value = float(text)
-    except ValueError:
-        raise ValueError(f"Cannot read FGSM epsilon {text!r}; write e.g. 2/255 or 0.008.")
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"Cannot read FGSM epsilon {text!r}; write e.g. 2/255 or 0.008.")
     if not 0 <= value <= 1:
-        raise ValueError(f"FGSM epsilon {text!r} is outside [0, 1] of the pixel range.")
+        raise InputError(f"FGSM epsilon {text!r} is outside [0, 1] of the pixel range.")
     return value
 
 

@@ -12,6 +12,7 @@ import math
 import keras
 from keras import layers
 
+from nstudent.errors import InputError
 from nstudent.models.layers import stochastic_depth
 
 
@@ -90,16 +91,24 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
-            raise ValueError(
+            raise InputError(
                 f"Unknown EfficientNet variant {self.variant!r}; "
                 f"choose one of {', '.join(VARIANTS)}.")
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+            raise InputError(f"num_classes must be >= 2, got {self.num_classes}.")
         if self.stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride must be 1 or 2, got {self.stem_stride}.")
+            raise InputError(f"stem_stride must be 1 or 2, got {self.stem_stride}.")
         for name in ("dropout", "stochastic_depth"):
             if getattr(self, name) >= 1.0:
-                raise ValueError(f"{name} must be < 1, got {getattr(self, name)}.")
+                raise InputError(f"{name} must be < 1, got {getattr(self, name)}.")
+        if self.stochastic_depth < 0:
+            raise InputError(f"stochastic_depth must not be negative, got "
+                             f"{self.stochastic_depth}.")
+        for name in ("width_scale", "depth_scale"):  # 0 would build no channels or blocks
+            if getattr(self, name) <= 0:
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.image_size < 0:
+            raise InputError(f"image_size must not be negative, got {self.image_size}.")
 
     @property
     def resolved_image_size(self):
@@ -125,7 +134,7 @@ class ModelConfig:
         scale = [1.0 / s for s in std]
         offset = [-m / s for m, s in zip(mean, std)] if len(mean) == len(std) else None
         if offset is None:
-            raise ValueError("input_mean and input_std need the same length.")
+            raise InputError("input_mean and input_std need the same length.")
         return ((scale[0], offset[0]) if len(scale) == 1 else (scale, offset))
 
     def replace(self, **changes):
@@ -166,8 +175,9 @@ def _conv(filters, kernel_size=1, strides=1, name=None):
         name=name)
 
 
-def _bn(name):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+def _bn(name, center=True):
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                     center=center, name=name)
 
 
 def mbconv_block(x, args, drop_rate, name):
@@ -217,11 +227,13 @@ def stage_plan(config):
 
 def head_layer(x, units, index, relu=True):
     """Layer `index` (from 1) of a projection head: Dense without bias, batch norm and
-    (except SimCLR's last layer) ReLU. The pretraining network and a classifier
-    fine-tuned from it name them alike, so weights move by name."""
+    (except SimCLR's last layer) ReLU. The last layer's batch norm has no offset, as
+    the reference's (its output is the projection, L2-normalised next). The
+    pretraining network and a classifier fine-tuned from it name them alike, so
+    weights move by name."""
     x = layers.Dense(units, use_bias=False, name=f"head_dense_{index}",
                      kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
-    x = _bn(f"head_bn_{index}")(x)
+    x = _bn(f"head_bn_{index}", center=relu)(x)
     return layers.ReLU(name=f"head_relu_{index}")(x) if relu else x
 
 

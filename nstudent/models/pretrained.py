@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 from absl import logging
 
+from nstudent.errors import InputError
 
 APPLICATIONS = {f"b{i}": f"EfficientNetB{i}" for i in range(8)}
 HEAD = {"logits": "predictions"}  # nstudent's classifier -> Keras'
@@ -24,7 +25,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STDDEV = (0.229, 0.224, 0.225)
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weights file that is missing or does not fit the model; the message says why."""
 
 
@@ -132,7 +133,7 @@ def _application(variant, path):
     # file must hold exactly the model's arrays.
     expected = sorted(tuple(v.shape) for v in model.weights)
     if sorted(shapes) != expected:
-        raise ValueError(f"the file holds {len(shapes)} arrays, EfficientNet-"
+        raise InputError(f"the file holds {len(shapes)} arrays, EfficientNet-"
                          f"{variant.upper()} has {len(expected)} of other shapes")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -18,6 +18,7 @@ import keras
 from absl import logging
 
 from nstudent import export, pseudo_labels, training
+from nstudent.errors import InputError
 from nstudent.evaluation import load_classifier
 from nstudent.export.atomic import read_json, write_json
 from nstudent.pipeline.manifest import Manifest
@@ -131,7 +132,7 @@ def run_pipeline(out_dir, stage_data, plan):
         path = os.path.join(out_dir, step.path)
         if manifest.finished(step.name):
             if not _done(step, path):
-                raise ValueError(f"manifest.json says {step.name} finished but {path} is "
+                raise InputError(f"manifest.json says {step.name} finished but {path} is "
                                  "incomplete; the run folder was changed by hand.")
             logging.info("%s: finished earlier; skipped.", step.name)
             continue

@@ -11,6 +11,7 @@ import json
 import os
 import time
 
+from nstudent.errors import InputError
 from nstudent.export.atomic import read_json, write_json
 
 MANIFEST = "manifest.json"
@@ -26,7 +27,7 @@ class Manifest:
             old = self.data["config"]
             if old != config:
                 changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-                raise ValueError(
+                raise InputError(
                     f"{out_dir!r} holds a pipeline run with other settings ({', '.join(changed)} "
                     "differ); resume with the same flags, or use a new --out.")
         else:

@@ -10,6 +10,7 @@ from absl import logging
 
 from nstudent import models
 from nstudent.data import DataError
+from nstudent.errors import InputError
 from nstudent.export import MODEL_INFO, PRETRAIN, is_finished, read_json
 from nstudent.pretraining.network import HeadConfig
 
@@ -42,7 +43,7 @@ def check_pretrained(path, selector):
     info = read_pretrain_run(path)
     head = HeadConfig(**info["head"])
     if not 0 <= selector <= head.layers:
-        raise ValueError(f"--ft_proj_selector={selector}, but the projection head of "
+        raise InputError(f"--ft_proj_selector={selector}, but the projection head of "
                          f"{path} has {head.layers} layers: choose 0 (the encoder alone) "
                          f"to {head.layers}.")
     return models.ModelConfig.from_dict(info["model"]), head
@@ -55,7 +56,7 @@ def finetune_config(path, model_config, selector):
     differ = [f"{k} {getattr(pretrained, k)} (pretrained) vs {getattr(model_config, k)}"
               for k in ARCHITECTURE if getattr(pretrained, k) != getattr(model_config, k)]
     if differ:
-        raise ValueError(f"--init_from_pretrained={path} has another architecture: "
+        raise InputError(f"--init_from_pretrained={path} has another architecture: "
                          f"{'; '.join(differ)}. Use the pretraining run's model flags.")
     return model_config.replace(
         input_mean=pretrained.input_mean, input_std=pretrained.input_std,

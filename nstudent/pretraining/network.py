@@ -12,6 +12,7 @@ import dataclasses
 import keras
 
 from nstudent import models
+from nstudent.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +22,9 @@ class HeadConfig:
 
     def __post_init__(self):
         if self.layers < 1:
-            raise ValueError(f"--proj_head_layers must be at least 1, got {self.layers}.")
+            raise InputError(f"--proj_head_layers must be at least 1, got {self.layers}.")
         if self.dim < 1:
-            raise ValueError(f"--proj_dim must be at least 1, got {self.dim}.")
+            raise InputError(f"--proj_dim must be at least 1, got {self.dim}.")
 
     def units(self, model_config):
         """Widths of the head's layers: the encoder's width, the last `dim`."""

@@ -9,6 +9,7 @@ from absl import logging
 
 from nstudent import data, export
 from nstudent.augment.contrastive import ContrastiveViews
+from nstudent.errors import InputError
 from nstudent.pretraining.knn import knn_accuracy
 from nstudent.pretraining.learner import ContrastiveLearner
 from nstudent.pretraining.network import HeadConfig, build_pretrain_network
@@ -30,13 +31,13 @@ class ContrastiveConfig:
 
     def __post_init__(self):
         if self.temperature <= 0:
-            raise ValueError(f"--contrastive_temperature must be positive, got "
+            raise InputError(f"--contrastive_temperature must be positive, got "
                              f"{self.temperature}.")
         if self.jitter_strength < 0:
-            raise ValueError(f"--color_jitter_strength must not be negative, got "
+            raise InputError(f"--color_jitter_strength must not be negative, got "
                              f"{self.jitter_strength}.")
         if self.knn_k < 1:
-            raise ValueError(f"--knn_k must be at least 1, got {self.knn_k}.")
+            raise InputError(f"--knn_k must be at least 1, got {self.knn_k}.")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -45,16 +46,16 @@ class ContrastiveConfig:
 def check_batch(batch_size, replicas):
     """Every replica needs two images at least (one positive, one negative pair)."""
     if batch_size // max(replicas, 1) < 2 or batch_size % max(replicas, 1):
-        raise ValueError(
+        raise InputError(
             f"--batch_size={batch_size} on {replicas} replica(s): contrastive learning "
             "needs at least 2 images per replica (an image's negatives are the others) "
             "and a batch that divides evenly among the replicas.")
 
 
-def contrastive_dataset(stage_data, input_config, seed):
+def contrastive_dataset(stage_data, input_config, seed, start=0):
     """(uint8 batches at the resolution, int labels with -1 for unlabeled images),
-    repeated; labeled and unlabeled images mixed in proportion. Returns (dataset,
-    images per epoch)."""
+    repeated; labeled and unlabeled images mixed in proportion, from batch `start` of
+    the seeded stream on (a resumed stage). Returns (dataset, images per epoch)."""
     size, fraction = input_config.image_size, input_config.eval_crop_fraction
     labeled = stage_data.train.dataset(stage_data.labeled_indices, shuffle_seed=seed)
     split, indices = stage_data.unlabeled
@@ -67,6 +68,8 @@ def contrastive_dataset(stage_data, input_config, seed):
     weights = [c / sum(counts) for c in counts]
     mixed = tf.data.Dataset.sample_from_datasets([s.repeat() for s in sources], weights,
                                                  seed=seed)
+    if start:
+        mixed = mixed.skip(int(start) * input_config.batch_size)
     ds = mixed.map(lambda x, y: (data.preprocess_eval(x, size, fraction), y),
                    num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(input_config.batch_size, drop_remainder=True)
@@ -100,13 +103,25 @@ def evaluate_representation(network, probe, stage_data, input_config, k):
             "test_examples": len(test)}
 
 
+def pretraining_placement(placement):
+    """SimCLR normalises over the global batch: on several TensorFlow replicas batch
+    norm is synchronised whether or not --sync_batchnorm is set (per replica, a
+    replica's statistics would tell its own images apart, a shortcut the contrastive
+    loss can exploit). JAX always normalises over the global batch."""
+    if placement.strategy is None or placement.replicas < 2 or placement.sync_batchnorm:
+        return placement
+    logging.info("Pretraining on %d replicas: batch-norm statistics are synchronised "
+                 "over the global batch (SimCLR's global BN).", placement.replicas)
+    return dataclasses.replace(placement, sync_batchnorm=True)
+
+
 def pretrain(out_dir, stage_data, model_config, input_config, train_config, config):
     """SimCLR pretraining of `model_config`'s encoder on every labeled and unlabeled
     image; an epoch is one pass over them. Returns the metrics of metrics.json."""
-    placement = current()
+    placement = pretraining_placement(current())
     check_batch(input_config.batch_size, placement.replicas)
     info, seed, batch = stage_data.info, stage_data.seed, input_config.batch_size
-    train_ds, count = contrastive_dataset(stage_data, input_config, seed)
+    _, count = contrastive_dataset(stage_data, input_config, seed)
     if count < batch:
         raise data.DataError(f"Only {count} images for a batch of {batch}; lower "
                              "--pretrain_batch_size.")
@@ -114,7 +129,8 @@ def pretrain(out_dir, stage_data, model_config, input_config, train_config, conf
     logging.info("Contrastive pretraining: %d labeled + %d unlabeled images, batch %d "
                  "(x2 views), %d steps per epoch.", len(stage_data.labeled_indices),
                  stage_data.unlabeled_count, batch, steps)
-    run = StageRun("pretrain", out_dir, stage_data, model_config, input_config, train_config)
+    run = StageRun("pretrain", out_dir, stage_data, model_config, input_config, train_config,
+                   placement)
     with run.scope():
         network = build_pretrain_network(model_config, config.head)
         views = ContrastiveViews(input_config.crop_scale, input_config.crop_ratio,
@@ -124,6 +140,10 @@ def pretrain(out_dir, stage_data, model_config, input_config, train_config, conf
         learner.compile(optimizer=optimizer_for(train_config, steps,
                                                 learner.trainable_variables),
                         jit_compile=parse_jit(train_config.jit_compile))
+
+    def train_ds(start):
+        return contrastive_dataset(stage_data, input_config, seed, start)[0]
+
     history, epoch_seconds = run.fit(learner, network, train_ds, steps,
                                      {"contrastive": config.to_dict()}, validate=False)
     split, indices = stage_data.unlabeled

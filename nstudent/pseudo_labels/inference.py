@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from nstudent.data.pipeline import preprocess_eval
+from nstudent.errors import InputError
 
 
 def _frozen(network, size, channels):
@@ -47,7 +48,7 @@ class TeacherInference:
         elif classifier.logits is not None:
             self.network = classifier._loaded.logits
         else:
-            raise ValueError(f"{classifier.path} has no logits function to label with.")
+            raise InputError(f"{classifier.path} has no logits function to label with.")
         self._loop = tf.function(self._run, reduce_retracing=True)
         self.in_graph = (classifier.keras_model is None
                          or keras.backend.backend() == "tensorflow")

@@ -15,6 +15,7 @@ import time
 import numpy as np
 from absl import logging
 
+from nstudent.errors import InputError
 from nstudent.evaluation import load_classifier
 from nstudent.export.atomic import read_json
 from nstudent.pseudo_labels.inference import TeacherInference
@@ -23,7 +24,7 @@ from nstudent.pseudo_labels.store import LabelShard, chunk_rows, shard_rows
 
 # Settings that only the selection phase uses: changing them re-selects without
 # labeling again.
-SELECTION_KEYS = ("hard", "min_confidence", "per_class")
+SELECTION_KEYS = ("hard", "min_confidence", "per_class", "max_copies")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,29 +33,35 @@ class LabelConfig:
     temperature: float = 1.0
     min_confidence: float = 0.3
     per_class: int = 0  # K; 0: the mean count per class after filtering
+    max_copies: int = 0  # no image repeated more often by balancing; 0: no limit
     batch_size: int = 512
     chunk_size: int = 16384  # images per resumable chunk of a shard
 
     def __post_init__(self):
         for name in ("batch_size", "chunk_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{'label_' if name == 'batch_size' else ''}{name} must "
+                raise InputError(f"--{'label_' if name == 'batch_size' else ''}{name} must "
                                  f"be at least 1, got {getattr(self, name)}.")
         if self.temperature <= 0:
-            raise ValueError(f"--temperature must be positive, got {self.temperature}.")
+            raise InputError(f"--temperature must be positive, got {self.temperature}.")
+        for name in ("per_class", "max_copies"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
         if not 0 <= self.min_confidence <= 1:
-            raise ValueError(f"--min_confidence must be in [0, 1], got {self.min_confidence}.")
+            raise InputError(f"--min_confidence must be in [0, 1], got {self.min_confidence}.")
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
 
 def teacher_settings(classifier, teacher_path, stage_data, config, num_shards=1):
-    """What makes a pseudo-label run itself; stored with every shard and the result."""
+    """What makes a pseudo-label run itself; stored with every shard and the result.
+    The teacher is its weights digest; its path is information (store.identity)."""
     metrics = os.path.join(os.path.abspath(teacher_path), "metrics.json")
     params = (read_json(metrics).get("parameters") if os.path.exists(metrics) else
               classifier.keras_model.count_params() if classifier.keras_model else None)
-    return {"teacher": os.path.abspath(teacher_path), "teacher_parameters": params,
+    return {"teacher": os.path.abspath(teacher_path), "teacher_digest": classifier.digest,
+            "teacher_parameters": params,
             "dataset": stage_data.dataset, "split": stage_data.train.name,
             "unlabeled_dataset": stage_data.unlabeled_spec or None,
             "labels_per_class": stage_data.labels_per_class, "seed": stage_data.seed,
@@ -77,7 +84,7 @@ def label_shard(inference, stage_data, shard, config, settings, overwrite=False)
     split, unlabeled = stage_data.unlabeled
     requested = shard_rows(unlabeled, shard.index, shard.num_shards)
     if not len(requested):
-        raise ValueError(f"Shard {shard.index} of {shard.num_shards} has no unlabeled "
+        raise InputError(f"Shard {shard.index} of {shard.num_shards} has no unlabeled "
                          f"images ({len(unlabeled)} in all); use fewer shards.")
     done = shard.start(labeling_settings(settings), overwrite)
     num_chunks = -(-len(requested) // config.chunk_size)
@@ -97,7 +104,7 @@ def label_shard(inference, stage_data, shard, config, settings, overwrite=False)
     classes = stage_data.info.num_classes
     for j, logits, index, skipped in _chunks(blocks, todo, requested, size, split, classes):
         if not np.isfinite(logits).all():
-            raise ValueError(f"The teacher {settings['teacher']} gives non-finite logits.")
+            raise InputError(f"The teacher {settings['teacher']} gives non-finite logits.")
         probs = soften(logits, config.temperature)
         asked = len(chunk_rows(requested, j, size))
         shard.write_chunk(j, index, logits, probs.argmax(-1), probs.max(-1), skipped, asked)
@@ -167,11 +174,11 @@ def _shard_stats(shard, num_chunks, settings, num_classes):
 def check_teacher(classifier, stage_data):
     info = stage_data.info
     if classifier.num_classes is not None and classifier.num_classes != info.num_classes:
-        raise ValueError(f"The teacher predicts {classifier.num_classes} classes but "
+        raise InputError(f"The teacher predicts {classifier.num_classes} classes but "
                          f"{info.name} has {info.num_classes}.")
     classifier.check_dataset(info)
     if not stage_data.unlabeled_count:
-        raise ValueError(f"The unlabeled set is empty: every image of {info.name} is "
+        raise InputError(f"The unlabeled set is empty: every image of {info.name} is "
                          "labeled (lower --labels_per_class, or give a separate collection "
                          "with --unlabeled_dataset).")
 
@@ -181,7 +188,7 @@ def label_shards(classifier, stage_data, shards, num_shards, config, out_dir, se
     """Phase 1 for each shard index in `shards`; returns their stats."""
     check_teacher(classifier, stage_data)
     if num_shards > stage_data.unlabeled_count:
-        raise ValueError(f"--num_shards={num_shards} is more than the "
+        raise InputError(f"--num_shards={num_shards} is more than the "
                          f"{stage_data.unlabeled_count} unlabeled images.")
     inference = TeacherInference(classifier, config.batch_size)
     return [label_shard(inference, stage_data, LabelShard(out_dir, i, num_shards), config,

@@ -15,14 +15,17 @@ import dataclasses
 
 import numpy as np
 
+from nstudent.errors import InputError
+
 DIGIT_BITS = 12
+WARN_COPIES = 50  # the selection warns when balancing repeats an image more often
 _INDEX_MASK = np.uint64(0xFFFFFFFF)
 
 
 def soften(logits, temperature=1.0, hard=False):
     """Softmax of logits / temperature; one-hot of the argmax when `hard`."""
     if temperature <= 0:
-        raise ValueError(f"--temperature must be positive, got {temperature}.")
+        raise InputError(f"--temperature must be positive, got {temperature}.")
     logits = np.asarray(logits, np.float64) / temperature
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -40,7 +43,7 @@ def rank_key(confidence, index):
     confidence = np.asarray(confidence, np.float32)
     index = np.asarray(index, np.int64)
     if index.size and index.max() > 0xFFFFFFFF:
-        raise ValueError("Source indices beyond 2**32 are not supported.")
+        raise InputError("Source indices beyond 2**32 are not supported.")
     bits = confidence.view(np.uint32).astype(np.uint64)  # monotone for floats >= 0
     return (bits << np.uint64(32)) | (_INDEX_MASK - index.astype(np.uint64))
 
@@ -70,20 +73,23 @@ class Balance:
         return np.where(candidate, copies, 0).astype(np.int64)
 
     @property
-    def selected(self):
-        """Distinct images kept per class."""
-        return np.minimum(self.candidates, self.per_class)
+    def most_copies(self):
+        """Per class, the copies of its most repeated image."""
+        return self.base + (self.extra > 0)
 
     @property
     def written(self):
-        """Copies written per class: K where a class has a candidate."""
-        return np.where(self.candidates > 0, self.per_class, 0)
+        """Records written per class: K where a class has a candidate, less where
+        --max_copies leaves its quota unfilled."""
+        return self.base * self.candidates + self.extra
 
 
-def balance(read, num_classes, min_confidence, per_class=0):
+def balance(read, num_classes, min_confidence, per_class=0, max_copies=0):
     """The Balance of a set read as chunks: `read()` yields dicts of predicted,
     confidence and index arrays (any chunking). K = `per_class`, or when <= 0 the
-    mean count per class after the filter (over all classes, empty ones too)."""
+    mean count per class after the filter (over all classes, empty ones too).
+    `max_copies` > 0: no image is repeated more often; the rest of a rare class's
+    quota stays unfilled."""
     predicted = np.zeros(num_classes, np.int64)
     candidates = np.zeros(num_classes, np.int64)
     for chunk in read():
@@ -92,12 +98,16 @@ def balance(read, num_classes, min_confidence, per_class=0):
         candidates += np.bincount(chunk["predicted"][keep], minlength=num_classes)
     total = int(candidates.sum())
     if not total:
-        raise ValueError(f"--min_confidence={min_confidence} filters out every one of the "
+        raise InputError(f"--min_confidence={min_confidence} filters out every one of the "
                          f"{int(predicted.sum())} images.")
     k = max(int(per_class) if per_class > 0 else int(round(total / num_classes)), 1)
     n = np.maximum(candidates, 1)
     base = np.where(candidates >= k, 0, k // n) * (candidates > 0)
     extra = np.where(candidates >= k, k, k % n) * (candidates > 0)
+    if max_copies > 0:  # a capped class keeps every image max_copies times, no extra
+        capped = base >= max_copies
+        base = np.where(capped, max_copies, base)
+        extra = np.where(capped, 0, extra)
     shift, prefix = _cutoffs(read, extra, num_classes, min_confidence)
     return Balance(k, predicted, candidates, base.astype(np.int64), extra.astype(np.int64),
                    shift, prefix)
@@ -152,15 +162,16 @@ class Selection:
     counts_balanced: list  # per class, after top-K and duplication
 
 
-def filter_and_balance(probabilities, min_confidence=0.3, per_class=0):
+def filter_and_balance(probabilities, min_confidence=0.3, per_class=0, max_copies=0):
     """`balance` on one table (row i has index i): the counts, checkable by hand."""
     probabilities = np.asarray(probabilities, np.float32)
     if probabilities.ndim != 2 or probabilities.shape[0] == 0:
-        raise ValueError(f"Expected a non-empty [examples, classes] table, got shape "
+        raise InputError(f"Expected a non-empty [examples, classes] table, got shape "
                          f"{probabilities.shape}.")
     chunk = {"predicted": np.argmax(probabilities, -1), "confidence": probabilities.max(-1),
              "index": np.arange(len(probabilities))}
-    b = balance(lambda: [chunk], probabilities.shape[1], min_confidence, per_class)
+    b = balance(lambda: [chunk], probabilities.shape[1], min_confidence, per_class,
+                max_copies)
     copies = b.copies(chunk["predicted"], chunk["confidence"], chunk["index"],
                       min_confidence)
     order = np.lexsort((chunk["index"], -chunk["confidence"], chunk["predicted"]))

@@ -21,13 +21,14 @@ import shutil
 
 import numpy as np
 
+from nstudent.errors import InputError
 from nstudent.export.atomic import atomic_path, read_json, write_json
 
 LABELS_DIR = "labels"
 _CHUNK = re.compile(r"chunk-(\d{6})\.npz$")
 
 
-class ShardError(ValueError):
+class ShardError(InputError):
     """A pseudo-label folder that is missing shards or holds partial or foreign ones."""
 
 
@@ -44,7 +45,7 @@ def shard_rows(indices, shard_index, num_shards):
     """The source indices of shard `shard_index`: every num_shards-th of the sorted
     indices, so shards see the same class mix and their union is every index once."""
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard_index={shard_index} is outside [0, {num_shards}).")
+        raise InputError(f"--shard_index={shard_index} is outside [0, {num_shards}).")
     return np.sort(np.asarray(indices, np.int64))[shard_index::num_shards]
 
 
@@ -88,7 +89,7 @@ class LabelShard:
     def check(self, settings):
         """Refuses to resume or reuse a shard labeled with other settings."""
         stored = read_json(self.settings_path)
-        if stored != settings:
+        if not same_settings(stored, settings):
             raise ShardError(f"{self.dir} was labeled with other settings "
                              f"({settings_difference(stored, settings)}); use another "
                              "--out, or --overwrite to label it again.")
@@ -121,7 +122,23 @@ def all_shards(out_dir, num_shards):
     return [LabelShard(out_dir, i, num_shards) for i in range(num_shards)]
 
 
+# Settings kept as information only: the teacher's path differs where machines mount
+# the folder at different paths; its weights digest identifies it.
+INFORMATION_KEYS = ("teacher",)
+
+
+def identity(settings):
+    return {k: v for k, v in settings.items() if k not in INFORMATION_KEYS}
+
+
+def same_settings(stored, wanted):
+    return identity(stored) == identity(wanted)
+
+
 def settings_difference(stored, wanted):
-    """The first keys on which two settings differ, with both values."""
-    keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    """The first keys on which two settings differ, with both values; another teacher
+    first (by its weights digest)."""
+    stored, wanted = identity(stored), identity(wanted)
+    keys = sorted((k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k)),
+                  key=lambda k: (k != "teacher_digest", k))
     return "; ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in keys[:4])

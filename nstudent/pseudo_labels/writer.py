@@ -21,10 +21,11 @@ from absl import logging
 
 from nstudent.export.atomic import atomic_path, read_json, write_json
 from nstudent.pseudo_labels.labeler import labeling_settings
-from nstudent.pseudo_labels.selection import balance, soften
+from nstudent.pseudo_labels.selection import WARN_COPIES, balance, soften
 from nstudent.pseudo_labels.shards import (
     STATS, example, output_is_complete, output_paths)
-from nstudent.pseudo_labels.store import ShardError, all_shards, settings_difference
+from nstudent.pseudo_labels.store import (ShardError, all_shards, same_settings,
+                                          settings_difference)
 
 BUCKET_RECORDS = 4096  # records per shuffle bucket (memory: one bucket)
 MAX_BUCKETS = 256
@@ -51,7 +52,7 @@ def _check_labeled(out_dir, num_shards, settings):
     wanted = labeling_settings(settings)
     for s in shards:
         stored = s.stats()["settings"]
-        if stored != wanted:
+        if not same_settings(stored, wanted):
             raise ShardError(
                 f"Shard {s.index} in {out_dir!r} was labeled by another teacher or with "
                 f"other settings ({settings_difference(stored, wanted)}); label again "
@@ -66,7 +67,7 @@ def _previous(out_dir, num_shards, settings, overwrite):
     if not os.path.exists(path):
         return None
     stats = read_json(path)
-    same = stats["settings"] == settings and all(
+    same = same_settings(stats["settings"], settings) and all(
         output_is_complete(out_dir, i, num_shards) for i in range(num_shards))
     if same and not overwrite:
         return stats
@@ -93,12 +94,14 @@ def select(stage_data, config, out_dir, settings, overwrite=False):
     def read():
         return itertools.chain.from_iterable(s.chunks() for s in shards)
 
-    plan = balance(read, info.num_classes, config.min_confidence, config.per_class)
+    plan = balance(read, info.num_classes, config.min_confidence, config.per_class,
+                   config.max_copies)
     empty = [names[c] for c in np.flatnonzero(plan.candidates == 0)]
     if empty:
         logging.warning("--min_confidence=%g leaves no image of class(es) %s; they stay "
                         "empty in the pseudo-labeled set.", config.min_confidence,
                         ", ".join(empty))
+    _warn_copies(plan, names, config.max_copies)
     totals = _Totals(info.num_classes)
     for s in shards:
         _write_output(split, s, plan, config, out_dir, settings, totals)
@@ -107,6 +110,7 @@ def select(stage_data, config, out_dir, settings, overwrite=False):
         "settings": settings, "num_classes": info.num_classes, "channels": info.channels,
         "class_names": names, "per_class": plan.per_class,
         "min_confidence": config.min_confidence, "hard": config.hard,
+        "max_copies": config.max_copies,
         "temperature": config.temperature,
         "images_in": sum(s["images_in"] for s in shard_stats),
         "images_read": sum(s["images_read"] for s in shard_stats),
@@ -152,6 +156,10 @@ class _Totals:
             row = {"class": name, "predicted": int(plan.predicted[c]),
                    "above_threshold": int(plan.candidates[c]),
                    "selected": int(self.selected[c]), "copies": int(self.copies[c]),
+                   "most_copies_of_an_image": int(plan.most_copies[c]),
+                   # K less what was written: left unfilled by --max_copies
+                   "quota_unfilled": int(plan.per_class - plan.written[c])
+                   if plan.candidates[c] else 0,
                    # the lowest confidence kept where K cut the class, else the filter's
                    "cutoff": float(self.lowest[c]) if truncated else float(min_confidence)}
             if self.has_truth:
@@ -159,6 +167,23 @@ class _Totals:
                                             if self.selected[c] else None)
             rows.append(row)
         return rows
+
+
+def _warn_copies(plan, names, max_copies):
+    """Names the classes whose images balancing repeats more than WARN_COPIES times
+    (a handful of images then fill much of every pseudo-labeled batch)."""
+    heavy = np.flatnonzero(plan.most_copies > WARN_COPIES)
+    if len(heavy):
+        logging.warning(
+            "Balancing repeats images up to %s times (K=%d): %s. Pass --max_copies to cap "
+            "it (the rest of such a class's quota stays unfilled), or a lower "
+            "--min_confidence or --per_class.", int(plan.most_copies.max()), plan.per_class,
+            ", ".join(f"{names[c]} ({int(plan.candidates[c])} images)" for c in heavy))
+    capped = np.flatnonzero((plan.written < plan.per_class) & (plan.candidates > 0))
+    if max_copies and len(capped):
+        logging.info("--max_copies=%d leaves %s quota unfilled.", max_copies, ", ".join(
+            f"{names[c]}'s {int(plan.per_class - plan.written[c])} of {plan.per_class}"
+            for c in capped))
 
 
 def _agreement(split, read, num_classes):

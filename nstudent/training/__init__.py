@@ -8,7 +8,7 @@ _HOMES = {
     "TrainConfig": "supervised", "classification_metrics": "supervised",
     "compile_for_training": "supervised", "fit": "supervised",
     "progress_verbosity": "supervised",
-    "train_student": "student", "train_teacher": "teacher",
+    "train_student": "student", "StudentStage": "student", "train_teacher": "teacher",
     "DISTRIBUTIONS": "distribute", "check_distribution": "distribute",
     "configure_distribution": "distribute", "parse_tf_config": "distribute",
     "StageRun": "runs",

@@ -22,8 +22,10 @@ import os
 import shutil
 
 import keras
+import numpy as np
 from absl import logging
 
+from nstudent.errors import InputError
 from nstudent.export.atomic import write_json
 
 BACKUP_DIR = "backup"
@@ -60,7 +62,7 @@ class StageBackup(keras.callbacks.Callback):
     def check(self, state):
         if state["settings"] != self.settings:
             changed = _differences(state["settings"], self.settings)
-            raise ValueError(
+            raise InputError(
                 f"The backup in {self.backup_dir} was made with other settings "
                 f"(different: {', '.join(changed)}). Re-run with the settings it was "
                 f"made with, or remove {self.backup_dir} to train this stage from the "
@@ -76,6 +78,8 @@ class StageBackup(keras.callbacks.Callback):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(self.backup_dir, state["weights"]))
+        if state.get("seeds"):
+            _restore_seeds(model, os.path.join(self.backup_dir, state["seeds"]))
         self.epoch, self.step = state["epoch"], state["step"]
         if self.step >= self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
@@ -109,12 +113,16 @@ class StageBackup(keras.callbacks.Callback):
         previous = self.state()
         iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         name = f"state-{iterations:09d}.weights.h5"
+        seeds = f"seeds-{iterations:09d}.npy"
         self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
+        _save_seeds(self.model, os.path.join(self.backup_dir, seeds))
         write_json(os.path.join(self.backup_dir, STATE), {
             "epoch": epoch, "step": step, "iterations": iterations, "weights": name,
-            "settings": self.settings})
+            "seeds": seeds, "settings": self.settings})
         if previous and previous["weights"] != name:
             _remove(os.path.join(self.backup_dir, previous["weights"]))
+            if previous.get("seeds"):
+                _remove(os.path.join(self.backup_dir, previous["seeds"]))
 
     def remove(self):
         shutil.rmtree(self.backup_dir, ignore_errors=True)
@@ -124,6 +132,28 @@ class StageBackup(keras.callbacks.Callback):
                 os.rmdir(parent)
             except OSError:
                 pass
+
+
+def _seed_states(model):
+    """The states of the model's random generators (device noise, dropout, stochastic
+    depth), in a fixed order. Keras' weight files leave them out, so a resumed stage
+    would draw its first noise again."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def _save_seeds(model, path):
+    states = [keras.ops.convert_to_numpy(v) for v in _seed_states(model)]
+    with open(path, "wb") as f:  # backup.json, written next, commits it
+        np.save(f, np.stack(states) if states else np.zeros((0, 2), np.int64))
+
+
+def _restore_seeds(model, path):
+    states, saved = _seed_states(model), np.load(path)
+    if len(saved) != len(states):
+        raise RuntimeError(f"{path} holds {len(saved)} generator states; the model has "
+                           f"{len(states)}.")
+    for variable, value in zip(states, saved):
+        variable.assign(value)
 
 
 def _differences(old, new, prefix=""):

@@ -19,6 +19,8 @@ import os
 import keras
 from absl import logging
 
+from nstudent.errors import InputError
+
 DISTRIBUTIONS = ("auto", "none", "data_parallel")
 JAX_PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 
@@ -61,7 +63,7 @@ def set_current(placement):
 
 def check_distribution(mode):
     if mode not in DISTRIBUTIONS:
-        raise ValueError(f"--distribution={mode!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
+        raise InputError(f"--distribution={mode!r}; choose one of {', '.join(DISTRIBUTIONS)}.")
 
 
 def parse_tf_config(text):
@@ -73,33 +75,33 @@ def parse_tf_config(text):
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}).")
+        raise InputError(f"TF_CONFIG is not valid JSON ({e.msg} at character {e.pos}).")
     if not isinstance(config, dict):
-        raise ValueError("TF_CONFIG must be a JSON object with 'cluster' and 'task'.")
+        raise InputError("TF_CONFIG must be a JSON object with 'cluster' and 'task'.")
     cluster, task = config.get("cluster"), config.get("task")
     if not isinstance(cluster, dict) or not cluster:
-        raise ValueError("TF_CONFIG['cluster'] is missing or empty: it maps 'worker' "
+        raise InputError("TF_CONFIG['cluster'] is missing or empty: it maps 'worker' "
                          "(and optionally 'chief') to lists of host:port.")
     for role, hosts in cluster.items():
         if role not in ("chief", "worker"):
-            raise ValueError(f"TF_CONFIG['cluster'] has role {role!r}; only 'chief' and "
+            raise InputError(f"TF_CONFIG['cluster'] has role {role!r}; only 'chief' and "
                              "'worker' are used (no parameter servers).")
         if (not isinstance(hosts, list) or not hosts or not all(
                 isinstance(h, str) and h.rpartition(":")[2].isdigit() for h in hosts)):
-            raise ValueError(f"TF_CONFIG['cluster'][{role!r}] must be a non-empty list of "
+            raise InputError(f"TF_CONFIG['cluster'][{role!r}] must be a non-empty list of "
                              f"'host:port' strings, got {hosts!r}.")
     if len(cluster.get("chief", [])) > 1:
-        raise ValueError("TF_CONFIG['cluster']['chief'] lists more than one host.")
+        raise InputError("TF_CONFIG['cluster']['chief'] lists more than one host.")
     if not isinstance(task, dict):
-        raise ValueError("TF_CONFIG['task'] is missing: it names this process, e.g. "
+        raise InputError("TF_CONFIG['task'] is missing: it names this process, e.g. "
                          "{'type': 'worker', 'index': 0}.")
     role, index = task.get("type"), task.get("index")
     if role not in cluster:
-        raise ValueError(f"TF_CONFIG['task']['type'] is {role!r}, not a role of the "
+        raise InputError(f"TF_CONFIG['task']['type'] is {role!r}, not a role of the "
                          f"cluster ({', '.join(sorted(cluster))}).")
     if not isinstance(index, int) or isinstance(index, bool) or not (
             0 <= index < len(cluster[role])):
-        raise ValueError(f"TF_CONFIG['task']['index'] is {index!r}; the cluster has "
+        raise InputError(f"TF_CONFIG['task']['index'] is {index!r}; the cluster has "
                          f"{len(cluster[role])} {role!r} entries (index 0-"
                          f"{len(cluster[role]) - 1}).")
     chiefs = cluster.get("chief", [])
@@ -124,7 +126,7 @@ def _tf_placement(mode, sync_batchnorm):
     cluster = parse_tf_config(os.environ.get("TF_CONFIG", ""))
     if cluster:
         if mode == "none":
-            raise ValueError("TF_CONFIG names several workers but --distribution=none; "
+            raise InputError("TF_CONFIG names several workers but --distribution=none; "
                              "unset TF_CONFIG to train on this machine alone.")
         workers, index, chief = cluster
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -149,7 +151,7 @@ def _jax_placement(mode, sync_batchnorm):
     processes = int(os.environ.get(JAX_PROCESSES_ENV, "1") or 1)
     if processes > 1:
         if mode == "none":
-            raise ValueError(f"{JAX_PROCESSES_ENV}={processes} but --distribution=none.")
+            raise InputError(f"{JAX_PROCESSES_ENV}={processes} but --distribution=none.")
         keras.distribution.initialize()  # the KERAS_DISTRIBUTION_* variables
     accelerators = [d for d in jax.devices() if d.platform != "cpu"]
     devices = jax.devices()
@@ -178,7 +180,7 @@ def configure_distribution(mode="auto", sync_batchnorm=False):
     elif backend == "jax":
         placement = _jax_placement(mode, sync_batchnorm)
     elif mode == "data_parallel":
-        raise ValueError(f"--distribution=data_parallel is not supported on {backend}.")
+        raise InputError(f"--distribution=data_parallel is not supported on {backend}.")
     else:
         placement = Placement()
     if placement.replicas > 1:

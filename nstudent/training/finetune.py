@@ -12,6 +12,7 @@ import os
 from absl import logging
 
 from nstudent import data, models
+from nstudent.errors import InputError, MissingInput
 from nstudent.evaluation import load_classifier
 from nstudent.training.runs import StageRun, images_only
 from nstudent.training.supervised import compile_for_training
@@ -41,7 +42,7 @@ def freeze(network, num_blocks):
     """Freezes the stem and the first `num_blocks` blocks; returns the frozen layer names."""
     names = models.block_names(network)
     if not 0 <= num_blocks <= len(names):
-        raise ValueError(f"--freeze_blocks={num_blocks}, but the model has {len(names)} "
+        raise InputError(f"--freeze_blocks={num_blocks}, but the model has {len(names)} "
                          "blocks.")
     frozen_blocks = tuple(n + "_" for n in names[:num_blocks])
     frozen = []
@@ -59,13 +60,13 @@ def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_confi
     info = stage_data.info
     teacher = load_classifier(run_dir, prefer="keras")
     if teacher.keras_model is None or not teacher.info:
-        raise FileNotFoundError(f"{run_dir!r} is not a run folder with model.keras and "
+        raise MissingInput(f"{run_dir!r} is not a run folder with model.keras and "
                                 "model_info.json.")
     teacher.check_dataset(info)
     config = models.ModelConfig.from_dict(teacher.info["model"])
     smallest = min_resolution(config)
     if image_size < smallest:
-        raise ValueError(f"--finetune_resolution={image_size} is below the model's minimum of "
+        raise InputError(f"--finetune_resolution={image_size} is below the model's minimum of "
                          f"{smallest} px (its total stride).")
     if image_size <= config.resolved_image_size:
         logging.warning("Fine-tuning at %d px, not above the training resolution %d px.",
@@ -91,8 +92,13 @@ def finetune(run_dir, out_dir, stage_data, image_size, input_config, train_confi
     input_config = dataclasses.replace(
         input_config, image_size=image_size, crop="random_resized" if crop else "pad",
         center_crop=crop or input_config.center_crop)
-    train_ds = data.train_dataset(labeled, info.num_classes, input_config, augment=False,
-                                  seed=stage_data.seed, num_examples=count, shuffled=True)
+
+    def train_ds(start):
+        # a new dataset: one object reshuffles from where its last iteration left off
+        return data.train_dataset(stage_data.labeled(batch, shuffle=True), info.num_classes,
+                                  input_config, augment=False, seed=stage_data.seed,
+                                  num_examples=count, shuffled=True, start=start)
+
     run.input_config = input_config
     with run.scope():
         compile_for_training(network, train_config, steps)

@@ -11,6 +11,8 @@ every micro-step (a decay d per micro-step is d**k per update).
 import keras
 from absl import logging
 
+from nstudent.errors import InputError
+
 OPTIMIZERS = ("adamw", "sgd", "rmsprop", "lars")
 
 
@@ -42,13 +44,7 @@ def make_optimizer(name, learning_rate, weight_decay, total_steps, warmup_steps,
         from nstudent.training.lars import LARS
 
         return LARS(lr, momentum=0.9, weight_decay=weight_decay, **shared)
-    raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
-
-
-def decayed_variables(variables):
-    """Weight decay applies to kernels only: not to batch-norm scales and offsets
-    nor to biases, i.e. to no variable of rank below 2."""
-    return [v for v in variables if len(v.shape) >= 2]
+    raise InputError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
 
 
 def optimizer_for(config, steps_per_epoch, variables):

@@ -71,7 +71,8 @@ class StageRun:
     def fit(self, model, network, train_ds, steps, settings=None, validate=True):
         """Trains `model` (network or its training wrapper) for the configured epochs,
         backed up and resumable; validation (a classifier's, `validate`) every
-        --eval_every_epochs."""
+        --eval_every_epochs. `train_ds(start)`: the training stream after `start`
+        batches (supervised.fit)."""
         config = self.train_config
         self.backup = StageBackup(
             backup_dir(self.out_dir, self.placement),
@@ -85,10 +86,14 @@ class StageRun:
             dataset, source = self.validation_data()
             self._ready_to_evaluate(network, dataset)
             validation = Validation(network, dataset, config.eval_every_epochs, source)
-        distribute.prebuild(model, train_ds, self.placement)
+        distribute.prebuild(model, train_ds(0), self.placement)
+
+        def stream(start):
+            return distribute.shard_for_workers(train_ds(start), self.placement)
+
         with distribute.synchronised_batch_norm(network, self.placement):
-            result = fit(model, distribute.shard_for_workers(train_ds, self.placement),
-                         steps, config.epochs, self.log_dir, self.backup, validation)
+            result = fit(model, stream, steps, config.epochs, self.log_dir, self.backup,
+                         validation)
         self.optimizer_iterations = int(keras.ops.convert_to_numpy(
             model.optimizer.iterations))
         return result

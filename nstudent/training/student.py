@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl import logging
 
 from nstudent import data, models
+from nstudent.errors import InputError
 from nstudent.evaluation import load_classifier
 from nstudent.training.optim import optimizer_for
 from nstudent.training.runs import StageRun, images_only
@@ -23,19 +24,26 @@ from nstudent.training.supervised import parse_jit
 INHERITED = ("input_mean", "input_std", "head_units", "head_linear_last")
 
 
-def _teacher_network(path, model_config):
+def _teacher_network(path, model_config, digest=None):
     """(config, the teacher's Keras model) to start the student from; same architecture
-    only. The student takes the teacher's input normalisation and head layers with its
-    weights."""
+    only, and the very teacher that made the pseudo-labels (`digest`, their
+    teacher_digest). The student takes the teacher's input normalisation and head
+    layers with its weights."""
     classifier = load_classifier(path, prefer="keras")
     if classifier.keras_model is None:
-        raise ValueError(f"--init_from_teacher needs the teacher's .keras file; {path!r} "
+        raise InputError(f"--init_from_teacher needs the teacher's .keras file; {path!r} "
                          "has none.")
+    if digest and classifier.digest != digest:
+        raise InputError(
+            f"--init_from_teacher: the teacher at {path!r} now has weights digest "
+            f"{classifier.digest[:16]}..., but the pseudo-labels were made by weights "
+            f"{digest[:16]}... (it was retrained since). Label again with this teacher "
+            "(tools/pseudo_label.py --overwrite), or train the student from scratch.")
     if classifier.info:
         teacher = models.ModelConfig.from_dict(classifier.info["model"])
         mine = model_config.replace(**{k: getattr(teacher, k) for k in INHERITED})
         if teacher != mine:
-            raise ValueError("--init_from_teacher needs the student to have the teacher's "
+            raise InputError("--init_from_teacher needs the student to have the teacher's "
                              f"architecture; teacher {teacher.to_dict()}, student "
                              f"{model_config.to_dict()}.")
         model_config = mine
@@ -46,15 +54,15 @@ def check_distillation(temperature, labeled_loss_weight, settings=None):
     """Distillation divides the student's logits by T and needs the teacher's softmax
     at T; `settings`: the pseudo-labels' (None: flags only)."""
     if temperature < 0:
-        raise ValueError(f"--distill_temperature must be 0 (off) or positive, got "
+        raise InputError(f"--distill_temperature must be 0 (off) or positive, got "
                          f"{temperature}.")
     if labeled_loss_weight < 0:
-        raise ValueError(f"--labeled_loss_weight must not be negative, got "
+        raise InputError(f"--labeled_loss_weight must not be negative, got "
                          f"{labeled_loss_weight}.")
     if not temperature or settings is None:
         return
     if settings.get("hard") or settings.get("temperature") != temperature:
-        raise ValueError(
+        raise InputError(
             f"--distill_temperature={temperature} needs soft pseudo-labels made at the "
             f"same temperature; these are {'hard' if settings.get('hard') else 'soft'} at "
             f"--temperature={settings.get('temperature')}. Label again with "
@@ -72,72 +80,112 @@ def train_student(out_dir, stage_data, pseudo, model_config, input_config, train
     images, which must be the teacher's softmax at that temperature (pseudo-labels
     made with --temperature=T, not hard). Returns the metrics of metrics.json.
     """
-    info, seed = stage_data.info, stage_data.seed
-    if pseudo.num_classes != info.num_classes or list(pseudo.class_names) != list(
-            info.class_names):
-        raise data.DataError(
-            f"The pseudo-labels in {pseudo.directory} have {pseudo.num_classes} classes "
-            f"{list(pseudo.class_names)}; {info.name} has {info.num_classes} "
-            f"{list(info.class_names)}.")
-    check_distillation(distill_temperature, labeled_loss_weight, pseudo.settings)
-    if unlabeled_ratio < 1:
-        raise ValueError(f"--unlabeled_ratio must be at least 1, got {unlabeled_ratio}.")
-    batch = input_config.batch_size
-    pseudo_batch = batch * unlabeled_ratio
-    if pseudo.records < pseudo_batch:
-        raise data.DataError(f"Only {pseudo.records} pseudo-labeled images for a pseudo "
-                             f"batch of {pseudo_batch}; lower --batch_size.")
-    labeled = stage_data.labeled(batch, shuffle=True)
-    count = len(stage_data.labeled_indices)
-    steps = train_config.steps_per_epoch or pseudo.records // pseudo_batch
-    logging.info("Student: %d labeled + %d pseudo-labeled images, batches %d + %d, "
-                 "%d steps per epoch.", count, pseudo.records, batch, pseudo_batch, steps)
-    labeled_ds = data.train_dataset(labeled, info.num_classes, input_config, seed=seed,
-                                    num_examples=count, shuffled=True)
-    pseudo_config = dataclasses.replace(input_config, batch_size=pseudo_batch)
-    pseudo_ds = data.train_dataset(pseudo.dataset(), info.num_classes, pseudo_config,
-                                   seed=seed + 1, num_examples=pseudo.records)
-    train_ds = tf.data.Dataset.zip((labeled_ds, pseudo_ds)).prefetch(tf.data.AUTOTUNE)
+    return StudentStage(out_dir, stage_data, pseudo, model_config, input_config,
+                        train_config, unlabeled_ratio, pseudo_loss_weight,
+                        init_from_teacher, init_weights, distill_temperature,
+                        labeled_loss_weight).train()
 
-    run = StageRun("student", out_dir, stage_data, model_config, input_config, train_config)
-    if init_from_teacher:  # read once, outside the scope: only its weights are copied
-        model_config, teacher = _teacher_network(pseudo.settings["teacher"], model_config)
-    with run.scope():
-        if init_from_teacher:
-            network = models.build_efficientnet(model_config)
-            network.set_weights(teacher.get_weights())
-            logging.info("Student starts from the teacher's weights.")
-        else:
-            model_config, network = models.build_with_weights(model_config, init_weights)
-        run.model_config = model_config
-        student = NoisyStudent(with_device_noise(network, input_config, seed),
-                               pseudo_loss_weight, train_config.label_smoothing,
-                               hard_pseudo_labels=bool(pseudo.settings.get("hard")),
-                               distill_temperature=distill_temperature,
-                               labeled_loss_weight=labeled_loss_weight)
-        student.compile(optimizer=optimizer_for(train_config, steps,
-                                                network.trainable_variables),
-                        jit_compile=parse_jit(train_config.jit_compile))
-    teacher_params = pseudo.settings.get("teacher_parameters")
-    if teacher_params and network.count_params() < teacher_params:
-        logging.warning("The student (%d parameters) is smaller than its teacher (%d): "
-                        "noisy student expects an equal or larger student.",
-                        network.count_params(), teacher_params)
-    history, epoch_seconds = run.fit(student, network, train_ds, steps, {
-        "pseudo_labels": pseudo.settings, "unlabeled_ratio": unlabeled_ratio,
-        "pseudo_loss_weight": pseudo_loss_weight,
-        "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights,
-        "distill_temperature": distill_temperature,
-        "labeled_loss_weight": labeled_loss_weight})
-    clean = labeled.map(images_only).concatenate(pseudo.dataset().map(images_only))
-    return run.finish(
-        network, clean, history, epoch_seconds, batch + pseudo_batch, steps, {
-            "labeled_examples": int(count),
-            "pseudo_labeled_examples": pseudo.records, "pseudo_labels": pseudo.directory,
-            "teacher": pseudo.settings.get("teacher"),
-            "teacher_parameters": teacher_params, "unlabeled_ratio": unlabeled_ratio,
+
+class StudentStage:
+    """The student stage, built and ready to train: `student` (what fit trains: the
+    network behind its noise and losses) and `train_ds(start)` (the labeled and
+    pseudo-labeled batches after `start` batches) are what `train` runs; the tests
+    look at them as the stage wired them."""
+
+    def __init__(self, out_dir, stage_data, pseudo, model_config, input_config,
+                 train_config, unlabeled_ratio=3, pseudo_loss_weight=1.0,
+                 init_from_teacher=False, init_weights=None, distill_temperature=0.0,
+                 labeled_loss_weight=1.0):
+        info, seed = stage_data.info, stage_data.seed
+        if pseudo.num_classes != info.num_classes or list(pseudo.class_names) != list(
+                info.class_names):
+            raise data.DataError(
+                f"The pseudo-labels in {pseudo.directory} have {pseudo.num_classes} "
+                f"classes {list(pseudo.class_names)}; {info.name} has "
+                f"{info.num_classes} {list(info.class_names)}.")
+        check_distillation(distill_temperature, labeled_loss_weight, pseudo.settings)
+        if unlabeled_ratio < 1:
+            raise InputError(f"--unlabeled_ratio must be at least 1, got "
+                             f"{unlabeled_ratio}.")
+        self.stage_data, self.pseudo, self.input_config = stage_data, pseudo, input_config
+        self.batch = batch = input_config.batch_size
+        self.pseudo_batch = batch * unlabeled_ratio
+        if pseudo.records < self.pseudo_batch:
+            raise data.DataError(f"Only {pseudo.records} pseudo-labeled images for a "
+                                 f"pseudo batch of {self.pseudo_batch}; lower "
+                                 "--batch_size.")
+        self.labeled = stage_data.labeled(batch, shuffle=True)
+        self.count = len(stage_data.labeled_indices)
+        self.steps = train_config.steps_per_epoch or pseudo.records // self.pseudo_batch
+        logging.info("Student: %d labeled + %d pseudo-labeled images, batches %d + %d, "
+                     "%d steps per epoch.", self.count, pseudo.records, batch,
+                     self.pseudo_batch, self.steps)
+
+        self.run = StageRun("student", out_dir, stage_data, model_config, input_config,
+                            train_config)
+        if init_from_teacher:  # read once, outside the scope: only its weights are copied
+            model_config, teacher = _teacher_network(
+                pseudo.settings["teacher"], model_config, pseudo.settings.get("teacher_digest"))
+        with self.run.scope():
+            if init_from_teacher:
+                network = models.build_efficientnet(model_config)
+                network.set_weights(teacher.get_weights())
+                logging.info("Student starts from the teacher's weights.")
+            else:
+                model_config, network = models.build_with_weights(model_config,
+                                                                  init_weights)
+            self.run.model_config = model_config
+            self.network = network
+            self.student = NoisyStudent(
+                with_device_noise(network, input_config, seed), pseudo_loss_weight,
+                train_config.label_smoothing,
+                hard_pseudo_labels=bool(pseudo.settings.get("hard")),
+                distill_temperature=distill_temperature,
+                labeled_loss_weight=labeled_loss_weight)
+            self.student.compile(optimizer=optimizer_for(train_config, self.steps,
+                                                         network.trainable_variables),
+                                 jit_compile=parse_jit(train_config.jit_compile))
+        self.teacher_params = pseudo.settings.get("teacher_parameters")
+        if self.teacher_params and network.count_params() < self.teacher_params:
+            logging.warning("The student (%d parameters) is smaller than its teacher (%d): "
+                            "noisy student expects an equal or larger student.",
+                            network.count_params(), self.teacher_params)
+        self.settings = {
+            "pseudo_labels": pseudo.settings, "unlabeled_ratio": unlabeled_ratio,
             "pseudo_loss_weight": pseudo_loss_weight,
             "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights,
             "distill_temperature": distill_temperature,
-            "labeled_loss_weight": labeled_loss_weight,
-            "jit_compile": bool(student.jit_compile)})
+            "labeled_loss_weight": labeled_loss_weight}
+
+    def train_ds(self, start=0):
+        """Both streams after `start` steps, zipped: (labeled batch, pseudo batch)."""
+        info, seed = self.stage_data.info, self.stage_data.seed
+        # new datasets: one object reshuffles from where its last iteration left off
+        labeled = self.stage_data.labeled(self.batch, shuffle=True)
+        labeled_ds = data.train_dataset(labeled, info.num_classes, self.input_config,
+                                        seed=seed, num_examples=self.count, shuffled=True,
+                                        start=start)
+        pseudo_config = dataclasses.replace(self.input_config, batch_size=self.pseudo_batch)
+        pseudo_ds = data.train_dataset(self.pseudo.dataset(), info.num_classes,
+                                       pseudo_config, seed=seed + 1,
+                                       num_examples=self.pseudo.records, start=start)
+        return tf.data.Dataset.zip((labeled_ds, pseudo_ds)).prefetch(tf.data.AUTOTUNE)
+
+    def train(self):
+        """Fits, then recomputes batch norm, scores and exports; returns the metrics."""
+        pseudo, network = self.pseudo, self.network
+        history, epoch_seconds = self.run.fit(self.student, network, self.train_ds,
+                                              self.steps, self.settings)
+        clean = self.labeled.map(images_only).concatenate(
+            pseudo.dataset().map(images_only))
+        return self.run.finish(
+            network, clean, history, epoch_seconds, self.batch + self.pseudo_batch,
+            self.steps, {
+                "labeled_examples": int(self.count),
+                "pseudo_labeled_examples": pseudo.records,
+                "pseudo_labels": pseudo.directory,
+                "teacher": pseudo.settings.get("teacher"),
+                "teacher_digest": pseudo.settings.get("teacher_digest"),
+                "teacher_parameters": self.teacher_params,
+                **{k: v for k, v in self.settings.items() if k != "pseudo_labels"},
+                "jit_compile": bool(self.student.jit_compile)})

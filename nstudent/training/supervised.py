@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from nstudent.errors import InputError
 from nstudent.training.optim import optimizer_for
 
 
@@ -31,16 +32,16 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.grad_accum_steps < 1:
-            raise ValueError(f"--grad_accum_steps must be at least 1, got "
+            raise InputError(f"--grad_accum_steps must be at least 1, got "
                              f"{self.grad_accum_steps}.")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
+            raise InputError(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"--label_smoothing must be in [0, 1), got "
+            raise InputError(f"--label_smoothing must be in [0, 1), got "
                              f"{self.label_smoothing}.")
         for name in ("eval_every_epochs", "backup_every_steps", "epochs"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must not be negative.")
+                raise InputError(f"--{name} must not be negative.")
 
     def backup_settings(self):
         """What makes the training state: a backup made with other values is refused.
@@ -158,19 +159,27 @@ def _finalize_later(optimizer):
 def fit(model, train_ds, steps_per_epoch, epochs, log_dir, backup=None, validation=None):
     """Runs fit with TensorBoard logs, resuming from `backup` (a StageBackup) at the
     step it was made; ends with the averaged weights in the model when the optimizer
-    keeps them. Returns (history dict, seconds of each epoch trained here)."""
+    keeps them. `train_ds`: a function of the batches already trained on that returns
+    the stream from there (a dataset alone is skipped batch by batch), so a resumed
+    stage sees the batches an uninterrupted one would. Returns (history dict,
+    seconds of each epoch trained here)."""
     timer = EpochTimer()
     callbacks = [c for c in (backup, validation) if c is not None]
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
     callbacks.append(timer)
     epoch, step = backup.restore(model) if backup is not None else (0, 0)
+    stream = train_ds if callable(train_ds) else lambda start: train_ds.skip(start)
     history = {}
 
     def run(first, last, steps):
+        done = first * steps_per_epoch + (steps_per_epoch - steps)
+        if done:
+            logging.info("The data stream continues at batch %d.", done)
         with _finalize_later(model.optimizer):
-            h = model.fit(train_ds, initial_epoch=first, epochs=last, steps_per_epoch=steps,
-                          callbacks=callbacks, shuffle=False, verbose=progress_verbosity())
+            h = model.fit(stream(done), initial_epoch=first, epochs=last,
+                          steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
+                          verbose=progress_verbosity())
         for key, values in h.history.items():
             history.setdefault(key, []).extend(values)
 

@@ -3,6 +3,7 @@
 from absl import logging
 
 from nstudent import data, models
+from nstudent.errors import InputError
 from nstudent.training.runs import StageRun, images_only
 from nstudent.training.steps import with_device_noise
 from nstudent.training.supervised import compile_for_training
@@ -17,7 +18,7 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
         from nstudent.pretraining import apply_pretrained, finetune_config, pretrained_weights
 
         if init_weights:
-            raise ValueError("Pass --init_weights or --init_from_pretrained, not both.")
+            raise InputError("Pass --init_weights or --init_from_pretrained, not both.")
         model_config = finetune_config(init_from_pretrained, model_config, ft_proj_selector)
         start_weights = pretrained_weights(init_from_pretrained)  # outside the scope
     run = StageRun("teacher", out_dir, stage_data, model_config, input_config, train_config)
@@ -27,8 +28,13 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
     logging.info("%d labeled and %d unlabeled training examples, %d classes, %d test.",
                  count, stage_data.unlabeled_count, info.num_classes, len(stage_data.test))
     steps = train_config.steps_per_epoch or count // batch
-    train_ds = data.train_dataset(labeled, info.num_classes, input_config,
-                                  seed=stage_data.seed, num_examples=count, shuffled=True)
+
+    def train_ds(start):
+        # a new dataset: one object reshuffles from where its last iteration left off
+        return data.train_dataset(stage_data.labeled(batch, shuffle=True), info.num_classes,
+                                  input_config, seed=stage_data.seed, num_examples=count,
+                                  shuffled=True, start=start)
+
     with run.scope():
         model_config, network = models.build_with_weights(model_config, init_weights)
         if init_from_pretrained:

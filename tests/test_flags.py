@@ -1,0 +1,157 @@
+"""Bad input: one base class for every input check, one line and exit 2 for it,
+a traceback for anything else, and every flag's range checked before any data.
+
+The flag table runs in this process through the pipeline tool's own check (it
+takes every shared flag and its own), not a subprocess per flag.
+"""
+
+import ast
+import importlib.util
+import os
+import pathlib
+
+import pytest
+from absl import flags
+
+from nstudent import cli
+from nstudent.errors import InputError, MissingInput
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+
+
+def _python_files():
+    return sorted(list((ROOT / "nstudent").rglob("*.py")) + list((ROOT / "tools").glob("*.py")))
+
+
+def test_input_checks_raise_input_errors_only():
+    """No plain ValueError or FileNotFoundError is raised anywhere: an input check
+    raises an InputError (or a subclass), which the tools print in one line."""
+    plain = []
+    for path in _python_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                name = getattr(node.exc.func, "id", getattr(node.exc.func, "attr", ""))
+                if name in ("ValueError", "FileNotFoundError"):
+                    plain.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not plain, plain
+    from nstudent.data import DataError
+    from nstudent.models.pretrained import WeightsError
+    from nstudent.pseudo_labels import ShardError
+
+    for cls in (DataError, ShardError, WeightsError, MissingInput):
+        assert issubclass(cls, InputError)
+    assert issubclass(InputError, ValueError) and issubclass(MissingInput, FileNotFoundError)
+
+
+def test_input_error_is_one_line_and_exit_2_a_bug_keeps_its_traceback(capsys):
+    def bad_input():
+        raise MissingInput("no file at 'x.jpg'")
+
+    assert cli.run_stage(bad_input, validate=False) == 2
+    assert capsys.readouterr().err == "error: no file at 'x.jpg'\n"
+
+    def bug():
+        raise ValueError("a bug, not the user's input")
+
+    with pytest.raises(ValueError, match="a bug"):  # absl prints it, exit 1
+        cli.run_stage(bug, validate=False)
+    with pytest.raises(KeyError):
+        cli.run_stage(lambda: {}["missing"], validate=False)
+
+
+def _pipeline_tool():
+    spec = importlib.util.spec_from_file_location("pipeline_tool", ROOT / "tools" /
+                                                  "pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines the shared flags and its own
+    return module
+
+
+@pytest.fixture(scope="module")
+def pipeline_tool():
+    yield _pipeline_tool()
+    FLAGS.unparse_flags()  # as the other tests in this process found them
+
+
+def _check(tool, *args):
+    FLAGS.unparse_flags()
+    FLAGS(["pipeline.py", f"--flagfile={ROOT}/flags/fashion_mnist_noisy_student.cfg",
+           "--out=unused", *args])
+    tool.check_flags()
+
+
+# (flag as a user would type it, what the error must name); the issue's list first
+BAD_FLAGS = [
+    ("--labels_per_class=-3", "--labels_per_class must not be negative, got -3"),
+    ("--unlabeled_ratio=0", "--unlabeled_ratio must be at least 1, got 0"),
+    ("--width_scale=0", "--width_scale must be positive, got 0"),
+    ("--depth_scale=0", "--depth_scale"),
+    ("--batch_size=0", "--batch_size"),
+    ("--steps_per_epoch=-1", "--steps_per_epoch"),
+    ("--per_class=-5", "--per_class"),
+    ("--pseudo_loss_weight=-1", "--pseudo_loss_weight"),
+    ("--stochastic_depth=-0.1", "--stochastic_depth"),
+    ("--stochastic_depth=1", r"--stochastic_depth must be in \[0, 1\), got 1"),
+    ("--learning_rate=0", "--learning_rate"),
+    ("--learning_rate=-0.1", "--learning_rate"),
+    ("--generations=-1", "--generations"),
+    ("--models=b0,b9", "--models: unknown variant.*b9"),
+    ("--randaugment_layers=-1", "--randaugment_layers"),
+    ("--randaugment_magnitude=11", "--randaugment_magnitude"),
+    ("--epochs=-1", "--epochs"),
+    ("--dropout=1", "--dropout must be below 1, got 1"),
+    ("--warmup_epochs=-1", "--warmup_epochs"),
+    ("--weight_decay=-0.1", "--weight_decay"),
+    ("--crop_padding=-2", "--crop_padding"),
+    ("--min_confidence=1.5", "--min_confidence"),
+    ("--temperature=0", "--temperature"),
+    ("--max_copies=-1", "--max_copies"),
+    ("--label_batch_size=0", "--label_batch_size"),
+    ("--ema_decay=1", "--ema_decay"),
+    ("--grad_accum_steps=0", "--grad_accum_steps"),
+    ("--validation_fraction=1", "--validation_fraction"),
+    ("--finetune_epochs=-1", "--finetune_epochs"),
+    ("--finetune_learning_rate=0", "--finetune_learning_rate"),
+    ("--freeze_blocks=-2", "--freeze_blocks"),
+    ("--student_epochs=-1", "--student_epochs"),
+    ("--student_learning_rate=-1", "--student_learning_rate"),
+    ("--num_shards=0", "--num_shards"),
+    ("--robustness_examples=-1", "--robustness_examples"),
+    ("--pretrain_batch_size=1", "needs at least 2 images per replica"),
+    ("--pretrain_learning_rate=0", "--pretrain_learning_rate"),
+    ("--contrastive_temperature=0", "--contrastive_temperature"),
+    ("--knn_k=0", "--knn_k"),
+    ("--proj_head_layers=0", "--proj_head_layers"),
+    ("--ft_proj_selector=-1", "--ft_proj_selector"),
+    ("--distill_temperature=-1", "--distill_temperature"),
+    ("--labeled_loss_weight=-1", "--labeled_loss_weight"),
+    ("--corruptions=fog", "--corruptions: unknown fog"),
+    ("--fgsm_epsilons=2/0", "FGSM epsilon"),
+]
+
+
+@pytest.mark.parametrize("flag,names", BAD_FLAGS)
+def test_every_bad_flag_stops_before_any_data(pipeline_tool, flag, names):
+    with pytest.raises(InputError, match=names):
+        _check(pipeline_tool, flag)
+
+
+@pytest.mark.parametrize("flags_", [(), ("--image_size=0",), ("--labels_per_class=0",),
+                                    ("--randaugment_layers=0",), ("--dropout=-1",),
+                                    ("--per_class=0", "--max_copies=0")])
+def test_good_flags_pass(pipeline_tool, flags_):
+    _check(pipeline_tool, *flags_)  # 0 means "the default" for these
+
+
+def test_randaugment_refuses_a_negative_count():
+    from nstudent.augment import DeviceNoise, make_randaugment
+    from nstudent.data import InputConfig
+
+    with pytest.raises(InputError, match="0 .off. or more"):
+        make_randaugment(-1, 9)
+    with pytest.raises(InputError, match="0 .off. or more"):
+        DeviceNoise(-2, 9)
+    with pytest.raises(InputError, match="--randaugment_layers"):
+        InputConfig(image_size=16, batch_size=4, randaugment_layers=-1)
+    assert os.environ.get("NSTUDENT_TRACEBACK") is None
