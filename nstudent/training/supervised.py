@@ -159,17 +159,15 @@ def _finalize_later(optimizer):
 def fit(model, train_ds, steps_per_epoch, epochs, log_dir, backup=None, validation=None):
     """Runs fit with TensorBoard logs, resuming from `backup` (a StageBackup) at the
     step it was made; ends with the averaged weights in the model when the optimizer
-    keeps them. `train_ds`: a function of the batches already trained on that returns
-    the stream from there (a dataset alone is skipped batch by batch), so a resumed
-    stage sees the batches an uninterrupted one would. Returns (history dict,
-    seconds of each epoch trained here)."""
+    keeps them. `train_ds(start)`: the training stream after the `start` batches
+    already trained on, so a resumed stage sees the batches an uninterrupted one
+    would. Returns (history dict, seconds of each epoch trained here)."""
     timer = EpochTimer()
     callbacks = [c for c in (backup, validation) if c is not None]
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
     callbacks.append(timer)
     epoch, step = backup.restore(model) if backup is not None else (0, 0)
-    stream = train_ds if callable(train_ds) else lambda start: train_ds.skip(start)
     history = {}
 
     def run(first, last, steps):
@@ -177,7 +175,7 @@ def fit(model, train_ds, steps_per_epoch, epochs, log_dir, backup=None, validati
         if done:
             logging.info("The data stream continues at batch %d.", done)
         with _finalize_later(model.optimizer):
-            h = model.fit(stream(done), initial_epoch=first, epochs=last,
+            h = model.fit(train_ds(done), initial_epoch=first, epochs=last,
                           steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                           verbose=progress_verbosity())
         for key, values in h.history.items():
