@@ -24,10 +24,9 @@ def machine():
     return {"cpus": os.cpu_count(), "machine": platform.machine()}
 
 
-def write_results_block(begin, end, block):
+def write_results_block(begin, end, block, path=os.path.join(ROOT, "RESULTS.md")):
     """Replaces (or appends) the block between the `begin` and `end` markers of
-    RESULTS.md, keeping the hand-written text around it."""
-    path = os.path.join(ROOT, "RESULTS.md")
+    RESULTS.md (or `path`), keeping the hand-written text around it."""
     text = open(path).read() if os.path.exists(path) else "# Results\n"
     if begin not in text:
         text += f"\n{begin}\n{end}\n"

@@ -110,8 +110,7 @@ def separate_source(out):
         start = time.time()
         run_tool("pipeline.py", *common, *extra, f"--out={run_out}")
         minutes = (time.time() - start) / 60
-        pl = json.load(open(os.path.join(run_out, "pseudo_labels_for_gen1",
-                                         "pseudo-00000-of-00001.json")))
+        pl = json.load(open(os.path.join(run_out, "pseudo_labels_for_gen1", "stats.json")))
         for gen in ("gen0", "gen1"):
             m = read_metrics(os.path.join(run_out, gen))
             _print(bench="separate_source", unlabeled=name, model=gen,

@@ -72,6 +72,9 @@ def define_train_flags():
     flags.DEFINE_integer("epochs", 30, "Epochs.")
     flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0: one pass over the "
                          "labeled examples.")
+    flags.DEFINE_integer("train_steps", 0, "Train for exactly this many steps, split into "
+                         "equal epochs of at most one pass (or --steps_per_epoch); 0: "
+                         "--epochs. Students: --student_steps.")
     flags.DEFINE_enum("optimizer", "adamw", list(training.OPTIMIZERS), "Optimizer.")
     flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate (cosine decay).")
     flags.DEFINE_float("weight_decay", 0.05, "Decoupled weight decay.")
@@ -148,6 +151,9 @@ def define_pseudo_label_flags():
                          "repeated more often and the rest of that class's quota stays "
                          "unfilled (stats.json says how much). 0: no limit (the paper's "
                          f"balance; a warning above {WARN_COPIES} copies).")
+    flags.DEFINE_bool("balance", True, "Balance the classes: K images per class (top-K, "
+                      "repeats for rare classes), as the paper. --nobalance keeps every "
+                      "image above --min_confidence once (the paper's ablation).")
     flags.DEFINE_integer("label_batch_size", 512, "Inference batch size of the teacher.")
     flags.DEFINE_integer("label_chunk_size", 16384, "Images per chunk of a labeling shard: "
                          "each chunk is saved as it finishes, and a killed shard resumes "
@@ -171,7 +177,7 @@ def label_config():
 
     return LabelConfig(hard=FLAGS.hard_labels, temperature=FLAGS.temperature,
                        min_confidence=FLAGS.min_confidence, per_class=FLAGS.per_class,
-                       max_copies=FLAGS.max_copies,
+                       max_copies=FLAGS.max_copies, balance=FLAGS.balance,
                        batch_size=FLAGS.label_batch_size, chunk_size=FLAGS.label_chunk_size)
 
 
@@ -182,6 +188,15 @@ def define_student_flags():
                        "pseudo-labels (the labeled one has weight 1).")
     flags.DEFINE_bool("init_from_teacher", False, "Start the student from the teacher's "
                       "weights (same architecture) instead of from scratch.")
+    flags.DEFINE_integer("student_steps", 0, "Train each student for exactly this many "
+                         "steps (the students' budget, apart from the teacher's), split "
+                         "into equal epochs of at most one pass over the pseudo-labeled "
+                         "images; 0: --student_epochs (tools/pipeline.py), else "
+                         "--train_steps or --epochs.")
+    flags.DEFINE_bool("pseudo_noise", True, "RandAugment, crop and flip on the "
+                      "pseudo-labeled images. --nopseudo_noise is the paper's ablation: "
+                      "clean pseudo-labeled images, noised labeled ones; dropout and "
+                      "stochastic depth stay on both (one forward pass).")
     flags.DEFINE_float("distill_temperature", 0.0, "SimCLRv2 distillation: the student's "
                        "logits on pseudo-labeled images divided by T against the "
                        "teacher's softmax at T (label with --temperature=T), loss x T^2. "
@@ -189,6 +204,16 @@ def define_student_flags():
     flags.DEFINE_float("labeled_loss_weight", 1.0, "Weight of the cross-entropy on the "
                        "labels in a student (0: pseudo-labels only, as SimCLRv2's "
                        "distillation).")
+
+
+def student_config():
+    from nstudent.training import StudentConfig
+
+    return StudentConfig(
+        unlabeled_ratio=FLAGS.unlabeled_ratio, pseudo_loss_weight=FLAGS.pseudo_loss_weight,
+        labeled_loss_weight=FLAGS.labeled_loss_weight,
+        init_from_teacher=FLAGS.init_from_teacher, init_weights=FLAGS.init_weights or None,
+        distill_temperature=FLAGS.distill_temperature, pseudo_noise=FLAGS.pseudo_noise)
 
 
 def define_finetune_flags():
@@ -262,7 +287,7 @@ def pretrain_train_config():
         learning_rate=scaled_learning_rate(FLAGS.pretrain_learning_rate,
                                            FLAGS.pretrain_batch_size, FLAGS.lr_scaling),
         weight_decay=FLAGS.pretrain_weight_decay, warmup_epochs=FLAGS.pretrain_warmup_epochs,
-        label_smoothing=0.0)
+        label_smoothing=0.0, total_steps=0)
 
 
 def contrastive_config(image_size):
@@ -279,7 +304,7 @@ def finetune_train_config():
 
     return dataclasses.replace(train_config(), epochs=FLAGS.finetune_epochs,
                                learning_rate=FLAGS.finetune_learning_rate,
-                               warmup_epochs=0.0, steps_per_epoch=0)
+                               warmup_epochs=0.0, steps_per_epoch=0, total_steps=0)
 
 
 def load_dataset(split_names=None):
@@ -350,7 +375,7 @@ def train_config():
         bn_recalibration_batches=FLAGS.bn_recalibration_batches,
         ema_decay=FLAGS.ema_decay, grad_accum_steps=FLAGS.grad_accum_steps,
         eval_every_epochs=FLAGS.eval_every_epochs,
-        backup_every_steps=FLAGS.backup_every_steps)
+        backup_every_steps=FLAGS.backup_every_steps, total_steps=FLAGS.train_steps)
 
 
 # The range of every numeric shared flag: (flag, lowest, lowest allowed, highest,
@@ -366,6 +391,8 @@ FLAG_RANGES = (
     ("batch_size", 1, True, None, False),
     ("epochs", 0, True, None, False),
     ("steps_per_epoch", 0, True, None, False),  # 0: one pass over the data
+    ("train_steps", 0, True, None, False),  # 0: --epochs
+    ("student_steps", 0, True, None, False),  # 0: epochs
     ("learning_rate", 0, False, None, False),
     ("weight_decay", 0, True, None, False),
     ("warmup_epochs", 0, True, None, False),
@@ -459,9 +486,7 @@ def validate_flags():
 
             check_pretrained(FLAGS.init_from_pretrained, FLAGS.ft_proj_selector)
     if "distill_temperature" in FLAGS:
-        from nstudent.training.student import check_distillation
-
-        check_distillation(FLAGS.distill_temperature, FLAGS.labeled_loss_weight)
+        student_config()  # ratio, weights, distillation
     training.check_distribution(FLAGS.distribution)
     training.parse_tf_config(os.environ.get("TF_CONFIG", ""))  # names a malformed field
 

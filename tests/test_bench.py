@@ -48,3 +48,57 @@ def test_pseudo_label_scale_prints_speed_and_memory(tmp_path):
         assert x["in_process_images_per_second_end_to_end"] > 0
     one, two = (json.load(open(tmp_path / f"out-{n}" / "stats.json")) for n in (1, 2))
     assert one["classes"] == two["classes"] and one["images_read"] == 1200  # same set
+
+
+def _paper(tmp_path, toy_folder, *args):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "paper_setting.py"),
+         f"--out={tmp_path / 'runs'}", f"--results={tmp_path / 'results.jsonl'}",
+         f"--results_md={tmp_path / 'RESULTS.md'}", "--student_steps=3",
+         "--teacher_epochs=1", "--large_width=0.5",
+         "--flags=--dataset=folder:%s,--channels=1,--width_scale=0.25,--depth_scale=0.25,"
+         "--image_size=16,--batch_size=8,--min_confidence=0,--labels_per_class=20,"
+         "--bn_recalibration_batches=2" % toy_folder, *args],
+        capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow"))
+
+
+def test_paper_setting_rows_are_recorded_skipped_and_rendered(tmp_path, toy_folder):
+    """A row's figures go to the results file once finished; a second run skips it;
+    --write renders mean +- std from the file alone."""
+    result = _paper(tmp_path, toy_folder, "--rows=teacher,student_same", "--seeds=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(x) for x in open(tmp_path / "results.jsonl")]
+    assert [(x["row"], x["seed"]) for x in lines] == [("teacher", 0), ("student_same", 0)]
+    student = lines[1]
+    assert student["steps"] == 3 and student["images_seen"] == 3 * 8 * 4
+    assert student["minutes"] >= 0 and student["cpu_seconds"] > 0
+    assert 0 <= student["test_top1"] <= 1 and student["parameters"] > 0
+    again = _paper(tmp_path, toy_folder, "--rows=teacher,student_same", "--seeds=0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "student_same seed 0: finished earlier; skipped" in again.stderr
+    assert len(open(tmp_path / "results.jsonl").readlines()) == 2
+    (tmp_path / "RESULTS.md").write_text("# Results\n\nhand-written\n")
+    written = _paper(tmp_path, toy_folder, "--write")
+    assert written.returncode == 0, written.stderr[-3000:]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "hand-written" in text and "| student, same size, from scratch |" in text
+    assert "| student_same - teacher | 1 |" in text
+
+
+def test_paper_setting_mean_std_and_paired_differences():
+    """The table's arithmetic against a hand computation."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import paper_setting
+
+    mean, std = paper_setting.mean_std([0.80, 0.82, 0.84])
+    assert abs(mean - 0.82) < 1e-12 and abs(std - 0.02) < 1e-12
+    assert paper_setting.mean_std([0.5]) == (0.5, None)
+    results = [{"row": "a", "seed": s, "test_top1": v} for s, v in enumerate([0.80, 0.81, 0.85])]
+    results += [{"row": "b", "seed": s, "test_top1": v} for s, v in enumerate([0.78, 0.78, 0.80])]
+    diffs, mean, std, counts = paper_setting.paired(results, "a", "b")
+    # differences 0.02, 0.03, 0.05: mean 0.0333, std 0.01528, SE 0.00882 -> counts
+    assert [round(d, 6) for d in diffs] == [0.02, 0.03, 0.05]
+    assert abs(mean - 0.1 / 3) < 1e-9 and abs(std - 0.0152753) < 1e-6 and counts
+    results[2]["test_top1"] = 0.70  # differences 0.02, 0.03, -0.10: no longer counts
+    assert not paper_setting.paired(results, "a", "b")[3]

@@ -97,8 +97,12 @@ def test_pseudo_label_and_student_tools(toy_folder, tmp_path, backend):
     """The stage binaries one by one; the student's step compiles under both backends."""
     flags = _flags(toy_folder, "unused")[:-2]
     teacher, labels, student = (str(tmp_path / n) for n in ("t", "pl", "s"))
-    result = run_tool("train.py", *flags, f"--out={teacher}", backend=backend)
+    result = run_tool("train.py", *flags, f"--out={teacher}", "--train_steps=7",
+                      backend=backend)
     assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(teacher, "metrics.json")))
+    assert metrics["optimizer_iterations"] == 7  # the step budget, not --epochs=2
+    assert metrics["epochs"] * metrics["steps_per_epoch"] == 7
     if backend == "tensorflow":  # the shard bookkeeping: backend-independent
         result = run_tool("pseudo_label.py", *flags, f"--teacher={teacher}",
                           f"--out={labels}", "--num_shards=2", "--shard_index=1")
@@ -118,12 +122,33 @@ def test_pseudo_label_and_student_tools(toy_folder, tmp_path, backend):
         assert "Shard 1 of 2 is already labeled; skipped" in result.stderr
     assert "| class | predicted | above threshold |" in result.stderr
     result = run_tool("train.py", *flags, f"--pseudo_labels={labels}", f"--out={student}",
-                      backend=backend)
+                      "--train_steps=7", "--student_steps=5", backend=backend)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(student, "metrics.json")))
+    assert metrics["optimizer_iterations"] == 5  # the students' budget, not the teacher's
     assert metrics["stage"] == "student" and metrics["versions"]["backend"] == backend
     assert metrics["jit_compile"] == (backend == "jax")
     assert metrics["last_epoch"]["pseudo_loss"] > 0 < metrics["last_epoch"]["labeled_loss"]
+
+
+def test_students_own_budget_and_larger_generations(toy_folder, tmp_path):
+    """--student_steps is every student's exact step count (the teacher keeps
+    --epochs); --width_scales and --depth_scales size each generation."""
+    out = str(tmp_path / "run")
+    result = run_tool("pipeline.py", *_flags(toy_folder, out, generations=2),
+                      "--student_steps=3", "--width_scales=0.25,0.5",
+                      "--depth_scales=0.25,0.25,0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    gens = [json.load(open(os.path.join(out, f"gen{g}", "metrics.json"))) for g in range(3)]
+    assert [m["model"]["width_scale"] for m in gens] == [0.25, 0.5, 0.5]
+    assert [m["model"]["depth_scale"] for m in gens] == [0.25, 0.25, 0.5]
+    assert gens[0]["parameters"] < gens[1]["parameters"] < gens[2]["parameters"]
+    assert gens[0]["epochs"] == 2 and gens[0]["optimizer_iterations"] == 2 * gens[0][
+        "steps_per_epoch"]
+    assert [m["optimizer_iterations"] for m in gens[1:]] == [3, 3]
+    result = run_tool("pipeline.py", *_flags(toy_folder, str(tmp_path / "r2")),
+                      "--width_scales=0.25,0.5", "--init_from_teacher")
+    assert result.returncode == 2 and "teacher's architecture" in result.stderr
 
 
 def test_pseudo_label_bad_input(toy_folder, tmp_path):

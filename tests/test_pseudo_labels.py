@@ -78,6 +78,14 @@ def test_max_copies_caps_repeats_and_leaves_the_quota_unfilled():
     assert filter_and_balance(TABLE, 0.35, 5, max_copies=5).counts_balanced == [5, 5, 5]
 
 
+def test_nobalance_keeps_every_image_above_the_threshold_once():
+    # the paper's ablation: no top-K, no repeats; rows by class, most confident first
+    sel = filter_and_balance(TABLE, min_confidence=0.35, per_class=2, balanced=False)
+    assert sel.per_class == 0
+    assert sel.counts_balanced == sel.counts_filtered == [4, 2, 1]
+    assert sel.rows.tolist() == [0, 1, 2, 3, 5, 4, 7]
+
+
 def test_empty_class_stays_empty_and_counts_in_k():
     table = np.array([[0.9, 0.1, 0.0]] * 5 + [[0.2, 0.8, 0.0]])  # class 2: never predicted
     sel = filter_and_balance(table, min_confidence=0.0)
@@ -505,3 +513,10 @@ def test_heavy_repeats_warn_and_max_copies_caps_them(tmp_path, tiny_config, capl
     assert [r["quota_unfilled"] for r in capped["classes"]] == [k - e for e in expected]
     assert max(r["most_copies_of_an_image"] for r in capped["classes"]) <= 10
     assert capped["records"] == sum(expected) == load_pseudo_labels(str(tmp_path / "a")).records
+    plain = _label(teacher, info, split, tmp_path / "a",
+                   LabelConfig(min_confidence=0.0, per_class=k, balance=False),
+                   phase="select", overwrite=True)
+    assert plain["balance"] is False and plain["per_class"] == 0
+    assert [r["copies"] for r in plain["classes"]] == counts.tolist()
+    assert [r["quota_unfilled"] for r in plain["classes"]] == [0] * 4
+    assert plain["records"] == plain["distinct_images"] == 200

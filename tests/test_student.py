@@ -1,5 +1,6 @@
 """The noisy student step: both batches count, both losses are logged, all noise on."""
 
+import dataclasses
 import logging
 
 import keras
@@ -75,7 +76,7 @@ def test_student_trains_exports_and_warns_when_smaller(tmp_path, tiny_config, ca
     with caplog.at_level(logging.WARNING):
         metrics = training.train_student(
             str(tmp_path / "student"), stage_data, pl, tiny_config, input_config,
-            training.TrainConfig(epochs=2), unlabeled_ratio=2)
+            training.TrainConfig(epochs=2), training.StudentConfig(unlabeled_ratio=2))
     assert "smaller than its teacher" in caplog.text
     assert metrics["stage"] == "student" and metrics["pseudo_labeled_examples"] == pl.records
     assert metrics["teacher_digest"] == pl.settings["teacher_digest"] == load_classifier(
@@ -130,16 +131,18 @@ def _pseudo_labeled(tmp_path, tiny_config, labels_per_class, per_class=0, seed=4
     return stage_data, pseudo_labels.load_pseudo_labels(str(tmp_path / "pl"))
 
 
-def _whole_set_stage(tmp_path, tiny_config, model_config, input_config):
+def _whole_set_stage(tmp_path, tiny_config, model_config, input_config, **student):
     """A StudentStage whose batches are its whole sets: 8 labeled images (2 per class,
-    batch 8) and 8 pseudo-labeled images per class the teacher predicts."""
+    batch 8) and 8 pseudo-labeled images per class the teacher predicts; `student`:
+    more StudentConfig fields."""
     stage_data, pl = _pseudo_labeled(tmp_path, tiny_config, 2, per_class=8)
     train_config = training.TrainConfig(epochs=STEPS, steps_per_epoch=1, learning_rate=1e-12,
                                         weight_decay=0.0, warmup_epochs=0.0)
     keras.utils.set_random_seed(0)
     return training.StudentStage(str(tmp_path / "student"), stage_data, pl, model_config,
                                  input_config, train_config,
-                                 unlabeled_ratio=pl.records // 8)
+                                 training.StudentConfig(unlabeled_ratio=pl.records // 8,
+                                                        **student))
 
 
 def _steps(stage):
@@ -194,6 +197,28 @@ def test_student_stage_noises_labeled_and_pseudo_labeled_images(tmp_path, tiny_c
     assert _differs(pseudo), pseudo
 
 
+def test_nopseudo_noise_noises_the_labeled_images_only(tmp_path, tiny_config):
+    """The paper's ablation (--nopseudo_noise): RandAugment on the labeled stream, the
+    pseudo-labeled images exactly as the teacher saw them; refused with device noise,
+    which noises the whole batch."""
+    input_config = data.InputConfig(image_size=16, batch_size=8, randaugment_layers=2,
+                                    randaugment_magnitude=9, randaugment_impl="keras_cv",
+                                    random_flip=False, crop_padding=0,
+                                    deterministic_order=True)
+    quiet = tiny_config.replace(dropout=0.0, stochastic_depth=0.0)
+    stage = _whole_set_stage(tmp_path, tiny_config, quiet, input_config, pseudo_noise=False)
+    clean_labeled = [x for x, _ in stage.stage_data.labeled().as_numpy_iterator()]
+    clean_pseudo = [x for x, _ in stage.pseudo.dataset().as_numpy_iterator()]
+    for (x_labeled, _), (x_pseudo, _) in stage.train_ds(0).take(2).as_numpy_iterator():
+        assert _unchanged(x_labeled, clean_labeled) < 0.75
+        assert _unchanged(x_pseudo, clean_pseudo) == 1
+    assert _differs(_steps(stage)[0])
+    device = dataclasses.replace(input_config, randaugment_impl="device")
+    with pytest.raises(InputError, match="--nopseudo_noise needs the host's noise"):
+        _whole_set_stage(tmp_path / "device", tiny_config, quiet, device,
+                         pseudo_noise=False)
+
+
 @pytest.mark.parametrize("noise", ["dropout", "stochastic_depth", "none"])
 def test_student_step_trains_the_network_with_its_noise(tmp_path, tiny_config, noise):
     """Dropout and stochastic depth alone (one at a time; no input noise) make steps
@@ -238,11 +263,27 @@ def test_init_from_teacher_refuses_a_teacher_retrained_since_it_labeled(tmp_path
     teacher = load_classifier(teacher_dir, prefer="keras").keras_model
     args = (str(tmp_path / "s2"), stage.stage_data, stage.pseudo, tiny_config,
             input_config, training.TrainConfig(epochs=1))
-    training.StudentStage(*args, init_from_teacher=True)  # the teacher that labeled
+    # the teacher that labeled
+    training.StudentStage(*args, training.StudentConfig(init_from_teacher=True))
     kernel = teacher.get_layer("logits").kernel
     kernel.assign(kernel * 2.0)
     export.write_run(teacher_dir, teacher, tiny_config, stage.stage_data.info, {})
     old, new = stage.pseudo.settings["teacher_digest"], load_classifier(teacher_dir).digest
     with pytest.raises(InputError, match=f"weights digest {new[:16]}.*made by weights "
                                          f"{old[:16]}"):
-        training.StudentStage(*args, init_from_teacher=True)
+        training.StudentStage(*args, training.StudentConfig(init_from_teacher=True))
+
+
+@pytest.mark.parametrize("total, natural, epochs, per_epoch", [
+    (2000, 145, 16, 125),  # 14 epochs would not split 2,000 evenly; 16 do
+    (2000, 31, 80, 25),
+    (2000, 468, 5, 400),
+    (7, 3, 7, 1),  # a prime budget: one step an epoch
+    (12, 100, 1, 12),  # under one pass: one epoch of the budget
+])
+def test_a_step_budget_splits_into_equal_epochs(total, natural, epochs, per_epoch):
+    config = training.TrainConfig(epochs=3, total_steps=total).resolve(natural)
+    assert (config.epochs, config.steps_per_epoch) == (epochs, per_epoch)
+    assert config.resolve(natural) == config  # resolving twice changes nothing
+    plain = training.TrainConfig(epochs=3).resolve(natural)
+    assert (plain.epochs, plain.steps_per_epoch) == (3, natural)

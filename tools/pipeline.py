@@ -27,6 +27,11 @@ flags.DEFINE_string("out", None, "Output folder of the run.", required=True)
 flags.DEFINE_integer("generations", 2, "Student generations after the teacher (gen0).")
 flags.DEFINE_list("models", [], "EfficientNet variant per generation, gen0 first (e.g. "
                   "b0,b0,b1); the last one repeats. Empty: --model for all.")
+flags.DEFINE_list("width_scales", [], "--width_scale per generation, gen0 first (e.g. "
+                  "0.5,0.75 for students with ~2x the teacher's parameters); the last one "
+                  "repeats. Empty: --width_scale for all.")
+flags.DEFINE_list("depth_scales", [], "--depth_scale per generation, gen0 first; the last "
+                  "one repeats. Empty: --depth_scale for all.")
 flags.DEFINE_integer("student_epochs", 0, "Epochs of each student (one epoch = one pass "
                      "over the pseudo-labeled images); 0: --epochs.")
 flags.DEFINE_float("student_warmup_epochs", -1.0, "Warm-up epochs of each student; "
@@ -60,10 +65,32 @@ PIPELINE_RANGES = (
 )
 
 
+def per_generation(values, default):
+    """One value per generation, gen0 first: the list's last repeats; empty: `default`."""
+    values = list(values) or [default]
+    return (values + values[-1:] * FLAGS.generations)[:FLAGS.generations + 1]
+
+
 def model_names():
     """The variant of each generation, gen0 first."""
-    names = FLAGS.models or [FLAGS.model]
-    return (names + names[-1:] * FLAGS.generations)[:FLAGS.generations + 1]
+    return per_generation(FLAGS.models, FLAGS.model)
+
+
+def _scales(name, default):
+    try:
+        values = [float(v) for v in getattr(FLAGS, name)]
+    except ValueError:
+        raise InputError(f"--{name} takes numbers, got {','.join(getattr(FLAGS, name))}.")
+    for v in values:
+        cli.check_range(name, v, 0, False, None, False)
+    return per_generation(values, default)
+
+
+def generation_models(base):
+    """The ModelConfig of each generation, gen0 first: variant, width and depth."""
+    return [base.replace(variant=n, width_scale=w, depth_scale=d) for n, w, d in zip(
+        model_names(), _scales("width_scales", base.width_scale),
+        _scales("depth_scales", base.depth_scale))]
 
 
 def corruption_names():
@@ -89,16 +116,15 @@ def check_flags():
                          f"{', '.join(evaluation.CORRUPTIONS)}.")
     for e in FLAGS.fgsm_epsilons:
         evaluation.parse_epsilon(e)
-    names = model_names()
-    base = cli.model_config()
+    configs = generation_models(cli.model_config())
     if FLAGS.finetune_resolution:
         from nstudent.training.finetune import min_resolution
 
-        blocks = min(len(models.stage_plan(base.replace(variant=n))) for n in names)
+        blocks = min(len(models.stage_plan(c)) for c in configs)
         if FLAGS.freeze_blocks > blocks:
             raise InputError(f"--freeze_blocks={FLAGS.freeze_blocks}, but the models have "
                              f"{blocks} blocks.")
-        smallest = max(min_resolution(base.replace(variant=n)) for n in names)
+        smallest = max(min_resolution(c) for c in configs)
         if FLAGS.finetune_resolution < smallest:
             raise InputError(f"--finetune_resolution={FLAGS.finetune_resolution} is below "
                              f"the models' minimum of {smallest} px.")
@@ -106,13 +132,17 @@ def check_flags():
 
     check_distillation(FLAGS.distill_temperature, FLAGS.labeled_loss_weight,
                        {"hard": FLAGS.hard_labels, "temperature": FLAGS.temperature})
+    if FLAGS.init_from_teacher and len({(c.variant, c.width_scale, c.depth_scale)
+                                        for c in configs}) > 1:
+        raise InputError("--init_from_teacher needs every generation at the teacher's "
+                         "architecture; --models, --width_scales or --depth_scales change "
+                         "it. Drop one or the other.")
 
 
 def make_plan(info):
     from nstudent import evaluation
     from nstudent.pipeline import Plan
 
-    names = model_names()
     base = cli.model_config(info)
     corruptions = corruption_names()
     pretrain = None
@@ -124,27 +154,27 @@ def make_plan(info):
     teacher_train = cli.train_config()
     student_train = dataclasses.replace(
         teacher_train, epochs=FLAGS.student_epochs or FLAGS.epochs,
+        total_steps=FLAGS.student_steps,
         learning_rate=FLAGS.student_learning_rate or FLAGS.learning_rate,
         warmup_epochs=(FLAGS.student_warmup_epochs if FLAGS.student_warmup_epochs >= 0
                        else FLAGS.warmup_epochs))
     return Plan(
-        models=tuple(base.replace(variant=n) for n in names),
+        models=tuple(generation_models(base)),
         input_config=cli.input_config(base.resolved_image_size),
         teacher_train=teacher_train, student_train=student_train,
         label=cli.label_config(), dataset=FLAGS.dataset,
         labels_per_class=FLAGS.labels_per_class, seed=FLAGS.seed,
         unlabeled_dataset=FLAGS.unlabeled_dataset or "",
         init_weights=FLAGS.init_weights or "",
-        unlabeled_ratio=FLAGS.unlabeled_ratio, pseudo_loss_weight=FLAGS.pseudo_loss_weight,
-        init_from_teacher=FLAGS.init_from_teacher, num_shards=FLAGS.num_shards,
+        # the students start from scratch (or the teacher); --init_weights is gen0's
+        student=dataclasses.replace(cli.student_config(), init_weights=None),
+        num_shards=FLAGS.num_shards,
         finetune_resolution=FLAGS.finetune_resolution, finetune_all=FLAGS.finetune_all,
         finetune_train=cli.finetune_train_config(), freeze_blocks=FLAGS.freeze_blocks,
         corruptions=corruptions,
         fgsm_epsilons=tuple(evaluation.parse_epsilon(e) for e in FLAGS.fgsm_epsilons),
         robustness_examples=FLAGS.robustness_examples, pretrain=pretrain,
-        ft_proj_selector=FLAGS.ft_proj_selector,
-        distill_temperature=FLAGS.distill_temperature,
-        labeled_loss_weight=FLAGS.labeled_loss_weight)
+        ft_proj_selector=FLAGS.ft_proj_selector)
 
 
 def main(argv):

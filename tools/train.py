@@ -10,6 +10,7 @@ Writes <out>/model.keras, <out>/saved_model/ (serving_default on uint8 images),
 <out>/logs/ (TensorBoard), <out>/model_info.json and, last, <out>/metrics.json.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -41,11 +42,13 @@ def main(argv):
         model_config = cli.model_config(stage_data.info)
         input_config = cli.input_config(model_config.resolved_image_size)
         if FLAGS.pseudo_labels:
+            train_config = cli.train_config()
+            if FLAGS.student_steps:
+                train_config = dataclasses.replace(train_config,
+                                                   total_steps=FLAGS.student_steps)
             training.train_student(
                 FLAGS.out, stage_data, pseudo_labels.load_pseudo_labels(FLAGS.pseudo_labels),
-                model_config, input_config, cli.train_config(), FLAGS.unlabeled_ratio,
-                FLAGS.pseudo_loss_weight, FLAGS.init_from_teacher, FLAGS.init_weights,
-                FLAGS.distill_temperature, FLAGS.labeled_loss_weight)
+                model_config, input_config, train_config, cli.student_config())
         else:
             training.train_teacher(FLAGS.out, stage_data, model_config, input_config,
                                    cli.train_config(), FLAGS.init_weights,

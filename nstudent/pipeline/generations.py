@@ -38,9 +38,7 @@ class Plan:
     seed: int
     unlabeled_dataset: str = ""  # a separate unlabeled source; "": the train split's rest
     init_weights: str = ""  # the teacher starts from this weights file
-    unlabeled_ratio: int = 3
-    pseudo_loss_weight: float = 1.0
-    init_from_teacher: bool = False
+    student: object = None  # training.StudentConfig of every student
     num_shards: int = 1
     finetune_resolution: int = 0  # 0: no fine-tuning
     finetune_all: bool = False  # every generation, not only the last
@@ -53,14 +51,12 @@ class Plan:
     # pretraining); gen0 then fine-tunes from it, keeping ft_proj_selector head layers
     pretrain: dict = None
     ft_proj_selector: int = 1
-    distill_temperature: float = 0.0  # students: SimCLRv2 distillation at this T
-    labeled_loss_weight: float = 1.0
 
     def to_dict(self):
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["models"] = [m.to_dict() for m in self.models]
         for key in ("input_config", "teacher_train", "student_train", "label",
-                    "finetune_train"):
+                    "finetune_train", "student"):
             d[key] = dataclasses.asdict(d[key]) if d[key] is not None else None
         d["input_config"].pop("image_size")
         if self.pretrain:
@@ -183,10 +179,8 @@ def _run_step(step, out_dir, path, stage_data, plan):
         return _summary(training.train_student(
             path, stage_data,
             pseudo_labels.load_pseudo_labels(os.path.join(out_dir, f"pseudo_labels_for_gen{g}")),
-            model_config, input_config, plan.student_train, plan.unlabeled_ratio,
-            plan.pseudo_loss_weight, plan.init_from_teacher,
-            distill_temperature=plan.distill_temperature,
-            labeled_loss_weight=plan.labeled_loss_weight))
+            model_config, input_config, plan.student_train,
+            plan.student or training.StudentConfig()))
     if step.kind == "finetune":
         from nstudent.training.finetune import finetune
 

@@ -17,6 +17,18 @@ from nstudent.export.atomic import read_json, write_json
 MANIFEST = "manifest.json"
 
 
+def differences(old, new, prefix=""):
+    """The keys whose values differ, nested ones dotted (student.unlabeled_ratio)."""
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys.extend(differences(a, b, f"{prefix}{k}."))
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
 class Manifest:
     def __init__(self, out_dir, config):
         """Opens or starts <out_dir>/manifest.json for a run of `config` (a dict)."""
@@ -26,7 +38,7 @@ class Manifest:
             self.data = read_json(self.path)
             old = self.data["config"]
             if old != config:
-                changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+                changed = differences(old, config)
                 raise InputError(
                     f"{out_dir!r} holds a pipeline run with other settings ({', '.join(changed)} "
                     "differ); resume with the same flags, or use a new --out.")

@@ -24,7 +24,7 @@ from nstudent.pseudo_labels.store import LabelShard, chunk_rows, shard_rows
 
 # Settings that only the selection phase uses: changing them re-selects without
 # labeling again.
-SELECTION_KEYS = ("hard", "min_confidence", "per_class", "max_copies")
+SELECTION_KEYS = ("hard", "min_confidence", "per_class", "max_copies", "balance")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +34,7 @@ class LabelConfig:
     min_confidence: float = 0.3
     per_class: int = 0  # K; 0: the mean count per class after filtering
     max_copies: int = 0  # no image repeated more often by balancing; 0: no limit
+    balance: bool = True  # False: every image above min_confidence once (no K)
     batch_size: int = 512
     chunk_size: int = 16384  # images per resumable chunk of a shard
 

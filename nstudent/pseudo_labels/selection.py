@@ -55,7 +55,7 @@ class Balance:
     A candidate of class c gets base[c] copies, plus one when its key is among the
     class's extra[c] best: key >> shift[c] >= prefix[c]."""
 
-    per_class: int  # K
+    per_class: int  # K; 0: not balanced (every candidate once)
     predicted: np.ndarray  # per class, before the confidence filter
     candidates: np.ndarray  # per class, confidence >= min_confidence
     base: np.ndarray
@@ -80,16 +80,24 @@ class Balance:
     @property
     def written(self):
         """Records written per class: K where a class has a candidate, less where
-        --max_copies leaves its quota unfilled."""
+        --max_copies leaves its quota unfilled; unbalanced, its candidates."""
         return self.base * self.candidates + self.extra
 
+    @property
+    def unfilled(self):
+        """Per class, K less what was written (0 for an empty or unbalanced class)."""
+        if not self.per_class:
+            return np.zeros_like(self.candidates)
+        return np.where(self.candidates > 0, self.per_class - self.written, 0)
 
-def balance(read, num_classes, min_confidence, per_class=0, max_copies=0):
+
+def balance(read, num_classes, min_confidence, per_class=0, max_copies=0, balanced=True):
     """The Balance of a set read as chunks: `read()` yields dicts of predicted,
     confidence and index arrays (any chunking). K = `per_class`, or when <= 0 the
     mean count per class after the filter (over all classes, empty ones too).
     `max_copies` > 0: no image is repeated more often; the rest of a rare class's
-    quota stays unfilled."""
+    quota stays unfilled. `balanced=False` (the paper's ablation): every candidate
+    once, no K (per_class 0)."""
     predicted = np.zeros(num_classes, np.int64)
     candidates = np.zeros(num_classes, np.int64)
     for chunk in read():
@@ -100,6 +108,11 @@ def balance(read, num_classes, min_confidence, per_class=0, max_copies=0):
     if not total:
         raise InputError(f"--min_confidence={min_confidence} filters out every one of the "
                          f"{int(predicted.sum())} images.")
+    if not balanced:
+        once = (candidates > 0).astype(np.int64)
+        zeros = np.zeros(num_classes, np.uint64)
+        return Balance(0, predicted, candidates, once, np.zeros(num_classes, np.int64),
+                       zeros, zeros)
     k = max(int(per_class) if per_class > 0 else int(round(total / num_classes)), 1)
     n = np.maximum(candidates, 1)
     base = np.where(candidates >= k, 0, k // n) * (candidates > 0)
@@ -162,7 +175,8 @@ class Selection:
     counts_balanced: list  # per class, after top-K and duplication
 
 
-def filter_and_balance(probabilities, min_confidence=0.3, per_class=0, max_copies=0):
+def filter_and_balance(probabilities, min_confidence=0.3, per_class=0, max_copies=0,
+                       balanced=True):
     """`balance` on one table (row i has index i): the counts, checkable by hand."""
     probabilities = np.asarray(probabilities, np.float32)
     if probabilities.ndim != 2 or probabilities.shape[0] == 0:
@@ -171,7 +185,7 @@ def filter_and_balance(probabilities, min_confidence=0.3, per_class=0, max_copie
     chunk = {"predicted": np.argmax(probabilities, -1), "confidence": probabilities.max(-1),
              "index": np.arange(len(probabilities))}
     b = balance(lambda: [chunk], probabilities.shape[1], min_confidence, per_class,
-                max_copies)
+                max_copies, balanced)
     copies = b.copies(chunk["predicted"], chunk["confidence"], chunk["index"],
                       min_confidence)
     order = np.lexsort((chunk["index"], -chunk["confidence"], chunk["predicted"]))

@@ -95,7 +95,7 @@ def select(stage_data, config, out_dir, settings, overwrite=False):
         return itertools.chain.from_iterable(s.chunks() for s in shards)
 
     plan = balance(read, info.num_classes, config.min_confidence, config.per_class,
-                   config.max_copies)
+                   config.max_copies, config.balance)
     empty = [names[c] for c in np.flatnonzero(plan.candidates == 0)]
     if empty:
         logging.warning("--min_confidence=%g leaves no image of class(es) %s; they stay "
@@ -110,7 +110,7 @@ def select(stage_data, config, out_dir, settings, overwrite=False):
         "settings": settings, "num_classes": info.num_classes, "channels": info.channels,
         "class_names": names, "per_class": plan.per_class,
         "min_confidence": config.min_confidence, "hard": config.hard,
-        "max_copies": config.max_copies,
+        "max_copies": config.max_copies, "balance": config.balance,
         "temperature": config.temperature,
         "images_in": sum(s["images_in"] for s in shard_stats),
         "images_read": sum(s["images_read"] for s in shard_stats),
@@ -122,11 +122,11 @@ def select(stage_data, config, out_dir, settings, overwrite=False):
         "seconds_selecting": time.time() - start,
         **_agreement(split, read, info.num_classes)}
     write_json(os.path.join(out_dir, STATS), stats)
-    logging.info("Pseudo-labels: %d of %d images above --min_confidence=%g, K=%d per class, "
+    logging.info("Pseudo-labels: %d of %d images above --min_confidence=%g, %s, "
                  "%d distinct images written as %d records with copies.\n%s",
                  stats["above_threshold"], stats["images_read"], config.min_confidence,
-                 plan.per_class, stats["distinct_images"], stats["records"],
-                 class_table(stats))
+                 f"K={plan.per_class} per class" if plan.per_class else "not balanced",
+                 stats["distinct_images"], stats["records"], class_table(stats))
     return stats
 
 
@@ -152,14 +152,13 @@ class _Totals:
     def per_class(self, names, plan, min_confidence):
         rows = []
         for c, name in enumerate(names):
-            truncated = plan.candidates[c] > plan.per_class
+            truncated = plan.per_class and plan.candidates[c] > plan.per_class
             row = {"class": name, "predicted": int(plan.predicted[c]),
                    "above_threshold": int(plan.candidates[c]),
                    "selected": int(self.selected[c]), "copies": int(self.copies[c]),
                    "most_copies_of_an_image": int(plan.most_copies[c]),
                    # K less what was written: left unfilled by --max_copies
-                   "quota_unfilled": int(plan.per_class - plan.written[c])
-                   if plan.candidates[c] else 0,
+                   "quota_unfilled": int(plan.unfilled[c]),
                    # the lowest confidence kept where K cut the class, else the filter's
                    "cutoff": float(self.lowest[c]) if truncated else float(min_confidence)}
             if self.has_truth:
@@ -179,11 +178,10 @@ def _warn_copies(plan, names, max_copies):
             "it (the rest of such a class's quota stays unfilled), or a lower "
             "--min_confidence or --per_class.", int(plan.most_copies.max()), plan.per_class,
             ", ".join(f"{names[c]} ({int(plan.candidates[c])} images)" for c in heavy))
-    capped = np.flatnonzero((plan.written < plan.per_class) & (plan.candidates > 0))
+    capped = np.flatnonzero(plan.unfilled > 0)
     if max_copies and len(capped):
         logging.info("--max_copies=%d leaves %s quota unfilled.", max_copies, ", ".join(
-            f"{names[c]}'s {int(plan.per_class - plan.written[c])} of {plan.per_class}"
-            for c in capped))
+            f"{names[c]}'s {int(plan.unfilled[c])} of {plan.per_class}" for c in capped))
 
 
 def _agreement(split, read, num_classes):

@@ -69,21 +69,44 @@ def check_distillation(temperature, labeled_loss_weight, settings=None):
             f"--temperature={temperature} (and without --hard_labels).")
 
 
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """How a student learns from the pseudo-labels, beyond its TrainConfig."""
+
+    unlabeled_ratio: int = 3  # pseudo-labeled batch = this x the labeled batch
+    pseudo_loss_weight: float = 1.0
+    labeled_loss_weight: float = 1.0  # 0: pseudo-labels only (SimCLRv2's distillation)
+    init_from_teacher: bool = False  # else from scratch (or from init_weights)
+    init_weights: str = None
+    distill_temperature: float = 0.0  # > 0: SimCLRv2's distillation loss at this T
+    # RandAugment, crop and flip on the pseudo-labeled images; off only for the paper's
+    # ablation (dropout and stochastic depth stay: both streams share one forward pass)
+    pseudo_noise: bool = True
+
+    def __post_init__(self):
+        if self.unlabeled_ratio < 1:
+            raise InputError(f"--unlabeled_ratio must be at least 1, got "
+                             f"{self.unlabeled_ratio}.")
+        if self.pseudo_loss_weight < 0:
+            raise InputError(f"--pseudo_loss_weight must not be negative, got "
+                             f"{self.pseudo_loss_weight}.")
+        check_distillation(self.distill_temperature, self.labeled_loss_weight)
+
+    def report(self):
+        return dataclasses.asdict(self)
+
+
 def train_student(out_dir, stage_data, pseudo, model_config, input_config, train_config,
-                  unlabeled_ratio=3, pseudo_loss_weight=1.0, init_from_teacher=False,
-                  init_weights=None, distill_temperature=0.0, labeled_loss_weight=1.0):
+                  student_config=StudentConfig()):
     """Trains a noisy student on the labeled subset plus `pseudo` (PseudoLabels).
 
-    An epoch is one pass over the pseudo-labeled images; each step takes
+    An epoch is one pass over the pseudo-labeled images (or --steps_per_epoch; a
+    train_config.total_steps budget splits into equal epochs); each step takes
     batch_size labeled and unlabeled_ratio * batch_size pseudo-labeled images.
-    `distill_temperature` T > 0: SimCLRv2's distillation loss on the pseudo-labeled
-    images, which must be the teacher's softmax at that temperature (pseudo-labels
-    made with --temperature=T, not hard). Returns the metrics of metrics.json.
+    Returns the metrics of metrics.json.
     """
     return StudentStage(out_dir, stage_data, pseudo, model_config, input_config,
-                        train_config, unlabeled_ratio, pseudo_loss_weight,
-                        init_from_teacher, init_weights, distill_temperature,
-                        labeled_loss_weight).train()
+                        train_config, student_config).train()
 
 
 class StudentStage:
@@ -93,9 +116,7 @@ class StudentStage:
     look at them as the stage wired them."""
 
     def __init__(self, out_dir, stage_data, pseudo, model_config, input_config,
-                 train_config, unlabeled_ratio=3, pseudo_loss_weight=1.0,
-                 init_from_teacher=False, init_weights=None, distill_temperature=0.0,
-                 labeled_loss_weight=1.0):
+                 train_config, config=StudentConfig()):
         info, seed = stage_data.info, stage_data.seed
         if pseudo.num_classes != info.num_classes or list(pseudo.class_names) != list(
                 info.class_names):
@@ -103,45 +124,48 @@ class StudentStage:
                 f"The pseudo-labels in {pseudo.directory} have {pseudo.num_classes} "
                 f"classes {list(pseudo.class_names)}; {info.name} has "
                 f"{info.num_classes} {list(info.class_names)}.")
-        check_distillation(distill_temperature, labeled_loss_weight, pseudo.settings)
-        if unlabeled_ratio < 1:
-            raise InputError(f"--unlabeled_ratio must be at least 1, got "
-                             f"{unlabeled_ratio}.")
+        check_distillation(config.distill_temperature, config.labeled_loss_weight,
+                           pseudo.settings)
+        if not config.pseudo_noise and input_config.randaugment_impl == "device":
+            raise InputError("--nopseudo_noise needs the host's noise (--randaugment_impl="
+                             "keras_cv or keras): the device's noises the whole batch.")
         self.stage_data, self.pseudo, self.input_config = stage_data, pseudo, input_config
+        self.config = config
         self.batch = batch = input_config.batch_size
-        self.pseudo_batch = batch * unlabeled_ratio
+        self.pseudo_batch = batch * config.unlabeled_ratio
         if pseudo.records < self.pseudo_batch:
             raise data.DataError(f"Only {pseudo.records} pseudo-labeled images for a "
                                  f"pseudo batch of {self.pseudo_batch}; lower "
                                  "--batch_size.")
         self.labeled = stage_data.labeled(batch, shuffle=True)
         self.count = len(stage_data.labeled_indices)
-        self.steps = train_config.steps_per_epoch or pseudo.records // self.pseudo_batch
+        train_config = train_config.resolve(pseudo.records // self.pseudo_batch)
+        self.steps = train_config.steps_per_epoch
         logging.info("Student: %d labeled + %d pseudo-labeled images, batches %d + %d, "
-                     "%d steps per epoch.", self.count, pseudo.records, batch,
-                     self.pseudo_batch, self.steps)
+                     "%d epochs of %d steps.", self.count, pseudo.records, batch,
+                     self.pseudo_batch, train_config.epochs, self.steps)
 
         self.run = StageRun("student", out_dir, stage_data, model_config, input_config,
                             train_config)
-        if init_from_teacher:  # read once, outside the scope: only its weights are copied
+        if config.init_from_teacher:  # read once, outside the scope: only its weights
             model_config, teacher = _teacher_network(
                 pseudo.settings["teacher"], model_config, pseudo.settings.get("teacher_digest"))
         with self.run.scope():
-            if init_from_teacher:
+            if config.init_from_teacher:
                 network = models.build_efficientnet(model_config)
                 network.set_weights(teacher.get_weights())
                 logging.info("Student starts from the teacher's weights.")
             else:
                 model_config, network = models.build_with_weights(model_config,
-                                                                  init_weights)
+                                                                  config.init_weights)
             self.run.model_config = model_config
             self.network = network
             self.student = NoisyStudent(
-                with_device_noise(network, input_config, seed), pseudo_loss_weight,
+                with_device_noise(network, input_config, seed), config.pseudo_loss_weight,
                 train_config.label_smoothing,
                 hard_pseudo_labels=bool(pseudo.settings.get("hard")),
-                distill_temperature=distill_temperature,
-                labeled_loss_weight=labeled_loss_weight)
+                distill_temperature=config.distill_temperature,
+                labeled_loss_weight=config.labeled_loss_weight)
             self.student.compile(optimizer=optimizer_for(train_config, self.steps,
                                                          network.trainable_variables),
                                  jit_compile=parse_jit(train_config.jit_compile))
@@ -150,12 +174,7 @@ class StudentStage:
             logging.warning("The student (%d parameters) is smaller than its teacher (%d): "
                             "noisy student expects an equal or larger student.",
                             network.count_params(), self.teacher_params)
-        self.settings = {
-            "pseudo_labels": pseudo.settings, "unlabeled_ratio": unlabeled_ratio,
-            "pseudo_loss_weight": pseudo_loss_weight,
-            "init_from_teacher": bool(init_from_teacher), "init_weights": init_weights,
-            "distill_temperature": distill_temperature,
-            "labeled_loss_weight": labeled_loss_weight}
+        self.settings = {"pseudo_labels": pseudo.settings, **config.report()}
 
     def train_ds(self, start=0):
         """Both streams after `start` steps, zipped: (labeled batch, pseudo batch)."""
@@ -167,7 +186,8 @@ class StudentStage:
                                         start=start)
         pseudo_config = dataclasses.replace(self.input_config, batch_size=self.pseudo_batch)
         pseudo_ds = data.train_dataset(self.pseudo.dataset(), info.num_classes,
-                                       pseudo_config, seed=seed + 1,
+                                       pseudo_config, augment=self.config.pseudo_noise,
+                                       seed=seed + 1,
                                        num_examples=self.pseudo.records, start=start)
         return tf.data.Dataset.zip((labeled_ds, pseudo_ds)).prefetch(tf.data.AUTOTUNE)
 

@@ -29,6 +29,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     eval_every_epochs: int = 0  # 0: no validation during training
     backup_every_steps: int = 0  # 0: back up at the end of each epoch only
+    total_steps: int = 0  # > 0: exactly this many steps, whatever an epoch holds
 
     def __post_init__(self):
         if self.grad_accum_steps < 1:
@@ -39,9 +40,23 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InputError(f"--label_smoothing must be in [0, 1), got "
                              f"{self.label_smoothing}.")
-        for name in ("eval_every_epochs", "backup_every_steps", "epochs"):
+        for name in ("eval_every_epochs", "backup_every_steps", "epochs", "total_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name} must not be negative.")
+
+    def resolve(self, natural_steps):
+        """This config with a concrete epoch: --steps_per_epoch steps, else
+        `natural_steps` (one pass over the data). With `total_steps` the epochs split
+        exactly that many steps into equal epochs no longer than that (the fewest
+        such epochs), so students of different data sizes get the same budget."""
+        steps = max(self.steps_per_epoch or natural_steps, 1)
+        if not self.total_steps:
+            return dataclasses.replace(self, steps_per_epoch=steps)
+        epochs = -(-self.total_steps // steps)
+        while self.total_steps % epochs:
+            epochs += 1
+        return dataclasses.replace(self, epochs=epochs,
+                                   steps_per_epoch=self.total_steps // epochs)
 
     def backup_settings(self):
         """What makes the training state: a backup made with other values is refused.

@@ -21,13 +21,14 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
             raise InputError("Pass --init_weights or --init_from_pretrained, not both.")
         model_config = finetune_config(init_from_pretrained, model_config, ft_proj_selector)
         start_weights = pretrained_weights(init_from_pretrained)  # outside the scope
-    run = StageRun("teacher", out_dir, stage_data, model_config, input_config, train_config)
     info, batch = stage_data.info, input_config.batch_size
     labeled = stage_data.labeled(batch, shuffle=True)
     count = len(stage_data.labeled_indices)
     logging.info("%d labeled and %d unlabeled training examples, %d classes, %d test.",
                  count, stage_data.unlabeled_count, info.num_classes, len(stage_data.test))
-    steps = train_config.steps_per_epoch or count // batch
+    train_config = train_config.resolve(count // batch)
+    steps = train_config.steps_per_epoch
+    run = StageRun("teacher", out_dir, stage_data, model_config, input_config, train_config)
 
     def train_ds(start):
         # a new dataset: one object reshuffles from where its last iteration left off

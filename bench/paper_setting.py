@@ -1,0 +1,344 @@
+"""The paper's result in the paper's setting: students from scratch, equal or larger,
+compute-matched supervised controls, ablations; mean +- std over seeds.
+
+  nohup python bench/paper_setting.py > runs/paper_setting.log 2>&1 &   # run the grid
+  python bench/paper_setting.py --write        # RESULTS.md from the committed results
+
+Every row is one model per seed, trained by the tools (tools/train.py,
+tools/pseudo_label.py) with flags/fashion_mnist_teacher.cfg's settings and the
+students' of flags/fashion_mnist_paper.cfg. A seed picks the labeled subset and
+the initialisation, and seed s's students learn from seed s's teacher (paired).
+Each finished row appends one JSON line to --results (committed), which every
+later run reads: finished rows are skipped, a killed row resumes from its tools'
+backups, so the grid finishes over several sessions. Rows run in the order of
+ROWS (the controls before the ablations); --rows and --seeds pick some.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import time
+
+from absl import app, flags, logging
+
+from common import ROOT, read_metrics, run_tool, write_results_block
+
+flags.DEFINE_string("out", "runs/paper_setting", "Folder for the runs (not committed).")
+flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "paper_setting.jsonl"),
+                    "Finished rows, one JSON line each (committed).")
+flags.DEFINE_list("rows", [], "Rows to run (names in ROWS); empty: all.")
+flags.DEFINE_list("seeds", [], "Seeds to run; empty: each row's own.")
+flags.DEFINE_integer("student_steps", 2000, "Steps of every student row and control.")
+flags.DEFINE_integer("teacher_epochs", 40, "Teacher epochs (the main job's).")
+flags.DEFINE_float("large_width", 0.75, "Width scale of the larger student (teacher: the "
+                   "flagfile's 0.5; at depth 0.5, 0.75 gives 2.2x the parameters).")
+flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a toy dataset).")
+flags.DEFINE_float("stop_after_hours", 0.0, "Start no new row after this many hours; 0: "
+                   "no limit (a row in progress still finishes or resumes next time).")
+flags.DEFINE_bool("write", False, "Only render the RESULTS.md table from --results.")
+flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
+FLAGS = flags.FLAGS
+BEGIN, END = ("<!-- bench/paper_setting.py: begin -->", "<!-- bench/paper_setting.py: end -->")
+
+TEACHER = ["--flagfile=flags/fashion_mnist_teacher.cfg", "--validation_fraction=0.1"]
+# the students' part of flags/fashion_mnist_paper.cfg (that file drives tools/pipeline.py)
+STUDENT = ["--min_confidence=0.3", "--temperature=1.0", "--unlabeled_ratio=3",
+           "--warmup_epochs=1", "--eval_every_epochs=4", "--backup_every_steps=200"]
+NO_NOISE = ["--nopseudo_noise", "--randaugment_layers=0", "--norandom_flip",
+            "--crop_padding=0", "--dropout=0", "--stochastic_depth=0"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    what: str  # the RESULTS.md wording
+    kind: str  # teacher | student | supervised
+    labels: int = 400  # labeled images per class (0: all 60,000)
+    seeds: tuple = (0, 1, 2)
+    large: bool = False  # the larger architecture, else the teacher's
+    extra: tuple = ()  # flags of this row's model
+    labels_from: str = "teacher"  # student: the row whose model labels (same seed)
+    label_flags: tuple = ()  # student: the pseudo-labeling's own flags
+
+
+ROWS = (
+    Row("teacher", "teacher (B0 w0.5 d0.5, 40 epochs)", "teacher"),
+    Row("student_large", "student, larger (w0.75, 2.2x), from scratch", "student",
+        large=True),
+    Row("control_large", "control: the larger architecture, supervised, student's steps",
+        "supervised", large=True),
+    Row("student_same", "student, same size, from scratch", "student"),
+    Row("control_teacher", "control: the teacher, supervised, student's steps",
+        "supervised", seeds=(0,)),
+    Row("teacher_100", "teacher, 100 labels per class", "teacher", labels=100),
+    Row("student_large_100", "student, larger, 100 labels per class", "student",
+        labels=100, large=True, labels_from="teacher_100"),
+    Row("control_large_100", "control: larger, supervised, 100 labels per class",
+        "supervised", labels=100, large=True),
+    Row("gen2", "generation 2 (larger, from scratch, labeled by the larger student)",
+        "student", seeds=(0,), large=True, labels_from="student_large"),
+    Row("no_pseudo_noise", "ablation: no noise on the pseudo-labeled images (same size)",
+        "student", seeds=(0,), extra=("--nopseudo_noise",)),
+    Row("no_noise", "ablation: no noise at all (same size)", "student", seeds=(0,),
+        extra=tuple(NO_NOISE)),
+    Row("hard_labels", "ablation: hard pseudo-labels (same size)", "student", seeds=(0,),
+        label_flags=("--hard_labels",)),
+    Row("no_balance", "ablation: no class balancing (same size)", "student", seeds=(0,),
+        label_flags=("--nobalance",)),
+    Row("ratio_1", "ablation: unlabeled batch ratio 1, same steps (same size)", "student",
+        seeds=(0,), extra=("--unlabeled_ratio=1",)),
+    Row("from_teacher", "ablation: same size, started from the teacher, same steps",
+        "student", seeds=(0,), extra=("--init_from_teacher",)),
+    Row("supervised_all", "supervised on all 60,000 labels, larger architecture",
+        "supervised", labels=0, seeds=(0,), large=True),
+)
+BY_NAME = {r.name: r for r in ROWS}
+# paired differences the write-up reads (a - b, same seeds)
+COMPARISONS = (
+    ("student_large", "teacher"), ("student_large", "control_large"),
+    ("student_same", "teacher"), ("student_same", "control_teacher"),
+    ("student_large", "student_same"), ("gen2", "student_large"),
+    ("student_large_100", "teacher_100"), ("student_large_100", "control_large_100"),
+    ("no_pseudo_noise", "student_same"), ("no_noise", "student_same"),
+    ("hard_labels", "student_same"), ("no_balance", "student_same"),
+    ("ratio_1", "student_same"), ("from_teacher", "student_same"),
+)
+
+
+def _settings(row):
+    """What a row's result depends on beyond its seed; a finished row of other
+    settings is not reused."""
+    return {"row": row.name, "labels_per_class": row.labels, "kind": row.kind,
+            "large_width": FLAGS.large_width if row.large else None,
+            "extra": list(row.extra), "label_flags": list(row.label_flags),
+            "labels_from": row.labels_from if row.kind == "student" else None,
+            "student_steps": FLAGS.student_steps, "teacher_epochs": FLAGS.teacher_epochs,
+            "teacher_flags": TEACHER, "student_flags": STUDENT, "flags": FLAGS.flags}
+
+
+def settings_key(settings):
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_results(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Grid:
+    """Builds each row's model (and what it needs) in --out, seed by seed."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def _dir(self, row, seed):
+        return os.path.join(self.out, f"seed{seed}", row.name)
+
+    def _base(self, row, seed):
+        width = [f"--width_scale={FLAGS.large_width}"] if row.large else []
+        return [*TEACHER, f"--labels_per_class={row.labels}", f"--seed={seed}", *width,
+                *FLAGS.flags]
+
+    def _train(self, out, *args):
+        """tools/train.py, timed into <out>.timing.json (summed over resumed calls)."""
+        if os.path.exists(os.path.join(out, "metrics.json")):
+            return
+        timing_path = out + ".timing.json"
+        timing = (json.load(open(timing_path)) if os.path.exists(timing_path) else
+                  {"wall_seconds": 0.0, "cpu_seconds": 0.0, "calls": 0,
+                   "load_average_at_start": os.getloadavg()[0]})
+        before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+        run_tool("train.py", *args, f"--out={out}")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        timing["wall_seconds"] += time.time() - start
+        timing["cpu_seconds"] += (after.ru_utime + after.ru_stime - before.ru_utime
+                                  - before.ru_stime)
+        timing["calls"] += 1
+        with open(timing_path + ".tmp", "w") as f:
+            json.dump(timing, f)
+        os.replace(timing_path + ".tmp", timing_path)
+
+    def model(self, row, seed):
+        """The row's trained model folder (built, with its teacher, when missing)."""
+        out = self._dir(row, seed)
+        base = self._base(row, seed)
+        if row.kind == "teacher":
+            self._train(out, *base, f"--epochs={FLAGS.teacher_epochs}",
+                        "--eval_every_epochs=10", "--backup_every_steps=200")
+        elif row.kind == "supervised":
+            self._train(out, *base, f"--train_steps={FLAGS.student_steps}",
+                        "--warmup_epochs=1", "--eval_every_epochs=10",
+                        "--backup_every_steps=200", *row.extra)
+        else:
+            labels = self.pseudo_labels(BY_NAME[row.labels_from], seed, row.label_flags)
+            self._train(out, *base, *STUDENT, f"--pseudo_labels={labels}",
+                        f"--student_steps={FLAGS.student_steps}", *row.extra)
+        return out
+
+    def pseudo_labels(self, teacher_row, seed, label_flags):
+        teacher = self.model(teacher_row, seed)
+        name = "-".join(f.lstrip("-") for f in label_flags) or "soft"
+        out = os.path.join(self.out, f"seed{seed}", f"labels_{name}_by_{teacher_row.name}")
+        if not os.path.exists(os.path.join(out, "stats.json")):
+            run_tool("pseudo_label.py", *self._base(teacher_row, seed), *STUDENT,
+                     *label_flags, f"--teacher={teacher}", f"--out={out}")
+        return out
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def result_line(row, seed, model_dir, settings):
+    m = read_metrics(model_dir)
+    timing = json.load(open(model_dir + ".timing.json"))
+    steps = m["optimizer_iterations"]
+    batch = m["input"]["batch_size"]
+    per_step = batch * (1 + m["unlabeled_ratio"]) if row.kind == "student" else batch
+    validation = (m.get("validation") or {}).get("val_top1")
+    cores = os.cpu_count()
+    return {
+        "row": row.name, "seed": seed, "settings_key": settings_key(settings),
+        "settings": settings, "test_top1": round(m["test_top1"], 4),
+        "test_top5": round(m["test_top5"], 4),
+        "validation_top1": round(validation[-1], 4) if validation else None,
+        "parameters": m["parameters"], "steps": steps, "images_seen": steps * per_step,
+        "labeled_examples": m["labeled_examples"],
+        "pseudo_labeled_examples": m.get("pseudo_labeled_examples"),
+        "minutes": round(timing["wall_seconds"] / 60, 1),
+        "cpu_seconds": round(timing["cpu_seconds"]),
+        # below ~0.9: other work shared the cores (or a kill lost some of the work)
+        "cpu_share": round(timing["cpu_seconds"] / max(timing["wall_seconds"], 1e-9) / cores,
+                           2),
+        "load_average_at_start": round(timing["load_average_at_start"], 2),
+        "calls": timing["calls"], "resumed_from_step": m.get("resumed_from_step"),
+        "machine": f"{cores}-core {_cpu_name()}", "backend": m["versions"]["backend"],
+        "date": datetime.date.today().isoformat()}
+
+
+def run_grid():
+    os.makedirs(os.path.dirname(FLAGS.results), exist_ok=True)
+    done = {(r["row"], r["seed"], r["settings_key"]) for r in read_results(FLAGS.results)}
+    grid, start = Grid(os.path.abspath(FLAGS.out)), time.time()
+    unknown = [n for n in FLAGS.rows if n not in BY_NAME]
+    if unknown:
+        raise app.UsageError(f"--rows: unknown {', '.join(unknown)}; rows: "
+                             f"{', '.join(BY_NAME)}.")
+    for row in ROWS:
+        if FLAGS.rows and row.name not in FLAGS.rows:
+            continue
+        settings = _settings(row)
+        for seed in row.seeds:
+            if FLAGS.seeds and str(seed) not in FLAGS.seeds:
+                continue
+            if (row.name, seed, settings_key(settings)) in done:
+                logging.info("%s seed %d: finished earlier; skipped.", row.name, seed)
+                continue
+            hours = (time.time() - start) / 3600
+            if FLAGS.stop_after_hours and hours > FLAGS.stop_after_hours:
+                logging.info("Stopping after %.1f hours; rerun to continue.", hours)
+                return
+            logging.info("=== %s seed %d ===", row.name, seed)
+            line = result_line(row, seed, grid.model(row, seed), settings)
+            with open(FLAGS.results, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            print(json.dumps(line), flush=True)
+
+
+def mean_std(values):
+    """(mean, sample standard deviation or None for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def paired(results, a, b):
+    """a - b over the seeds both have: (differences, mean, std, counts) where a
+    difference counts when its mean exceeds twice its standard error (n >= 2)."""
+    by_seed = {name: {r["seed"]: r["test_top1"] for r in results if r["row"] == name}
+               for name in (a, b)}
+    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+    diffs = [by_seed[a][s] - by_seed[b][s] for s in seeds]
+    if not diffs:
+        return diffs, None, None, False
+    mean, std = mean_std(diffs)
+    counts = std is not None and abs(mean) > 2 * std / math.sqrt(len(diffs))
+    return diffs, mean, std, counts
+
+
+def _points(value):
+    return f"{100 * value:+.2f}"
+
+
+def render(results):
+    """The RESULTS.md block: one line per row (mean +- std over its seeds), then the
+    paired differences."""
+    current = {}
+    for r in results:  # the newest line of each (row, seed) with the current settings
+        if r["settings_key"] == settings_key(_settings(BY_NAME[r["row"]])):
+            current[(r["row"], r["seed"])] = r
+    results = list(current.values())
+    lines = ["| row | labels/class | seeds | test top-1 | test top-5 | parameters | steps "
+             "| images seen | minutes (each) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in ROWS:
+        rs = sorted((r for r in results if r["row"] == row.name), key=lambda r: r["seed"])
+        if not rs:
+            lines.append(f"| {row.what} | {row.labels or 'all'} | 0 of {len(row.seeds)} "
+                         "| not run yet | | | | | |")
+            continue
+        top1, std1 = mean_std([r["test_top1"] for r in rs])
+        top5, _ = mean_std([r["test_top5"] for r in rs])
+        spread = f" ± {std1:.4f}" if std1 is not None else ""
+        lines.append(
+            f"| {row.what} | {row.labels or 'all'} | {len(rs)} of {len(row.seeds)} | "
+            f"{top1:.4f}{spread} | {top5:.4f} | {rs[0]['parameters']:,} | "
+            f"{rs[0]['steps']:,} | {rs[0]['images_seen'] / 1e6:.2f}M | "
+            f"{', '.join(str(r['minutes']) for r in rs)} |")
+    lines += ["", "| paired difference (points of test top-1) | seeds | mean ± std | "
+              "counts (mean > 2 SE) |", "|---|---|---|---|"]
+    for a, b in COMPARISONS:
+        diffs, mean, std, counts = paired(results, a, b)
+        if not diffs:
+            continue
+        spread = f" ± {100 * std:.2f}" if std is not None else " (one run)"
+        verdict = "yes" if counts else ("one seed" if std is None else "no")
+        lines.append(f"| {a} - {b} | {len(diffs)} | {_points(mean)}{spread} | {verdict} |")
+    machines = sorted({r["machine"] for r in results})
+    dates = sorted({r["date"] for r in results})
+    shared = sorted(f"{r['row']} s{r['seed']}" for r in results if r["cpu_share"] < 0.9)
+    lines += ["", f"Rendered by `python bench/paper_setting.py --write` from "
+              f"`bench/results/paper_setting.jsonl`: {len(results)} runs on "
+              f"{', '.join(machines) or '-'}, {dates[0] if dates else '-'} to "
+              f"{dates[-1] if dates else '-'}. Minutes are each run's own training "
+              "(its teacher and pseudo-labels are other rows'). Runs whose CPU share "
+              "was under 0.9 (other work on the cores, or a kill): "
+              f"{', '.join(shared) or 'none'}."]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if not FLAGS.write:
+        run_grid()
+    block = render(read_results(FLAGS.results))
+    print(block)
+    if FLAGS.write:
+        write_results_block(BEGIN, END, block, FLAGS.results_md)
+
+
+if __name__ == "__main__":
+    app.run(main)
