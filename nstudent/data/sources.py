@@ -55,6 +55,7 @@ class Split:
     to_bytes: Optional[Callable] = None
     corrupt: Optional[CorruptLog] = None  # files skipped while streaming
     pixels: bool = False  # read() yields decoded images that cannot fail (arrays)
+    paths: Optional[np.ndarray] = None  # str [N]: each example's file (folders only)
 
     def __len__(self):
         return len(self.labels)
@@ -338,12 +339,13 @@ def folder_split(name, paths, labels, channels, skip_corrupt=False, verify=False
     if verify:
         keep = _verify(paths, channels, skip_corrupt, where)
         paths, labels = [paths[i] for i in keep], np.asarray(labels)[keep]
+    names = np.asarray(paths, dtype=str)
     paths = np.asarray(paths, dtype=object).astype(bytes)
     log = CorruptLog() if skip_corrupt else None
     return Split(name, np.asarray(labels, np.int64),
                  read=lambda idx: tf.data.Dataset.from_tensor_slices((paths[idx], idx)),
                  decode=lambda path: decode_file(path, channels, log),
-                 to_bytes=tf.io.read_file, corrupt=log)
+                 to_bytes=tf.io.read_file, corrupt=log, paths=names)
 
 
 def image_folder(root, split_names, channels=3, skip_corrupt=False, verify=False):
@@ -474,7 +476,7 @@ UNLABELED_TFDS_SPLITS = ("unlabelled", "unlabeled")
 
 
 def load_unlabeled(spec, channels, *, tfds_data_dir=None, tfds_download=False,
-                   skip_corrupt=False, verify=False):
+                   skip_corrupt=False, verify=False, flag="--unlabeled_dataset"):
     """Opens --unlabeled_dataset as one Split of UNLABELED examples, decoded to
     `channels` (the labeled data's) whatever the files hold.
 
@@ -508,7 +510,7 @@ def load_unlabeled(spec, channels, *, tfds_data_dir=None, tfds_download=False,
         pattern = (os.path.join(arg, "*.tfrecord*") if os.path.isdir(arg) else arg)
         files = sorted(glob.glob(pattern))
         if not files:
-            raise DataError(f"No TFRecord files at {pattern!r} for --unlabeled_dataset.")
+            raise DataError(f"No TFRecord files at {pattern!r} for {flag}.")
         keys = _read_records(files, lambda: _first_example_keys(files))
         if "image" not in keys:
             raise DataError(f"{files[0]}: the records have no 'image' feature (they have "
@@ -519,5 +521,5 @@ def load_unlabeled(spec, channels, *, tfds_data_dir=None, tfds_download=False,
             raise DataError(f"The TFRecords at {pattern!r} hold no records.")
         return _tfrecord_split("unlabeled", files, channels,
                                np.full(count, UNLABELED, np.int64))
-    raise DataError(f"Unknown --unlabeled_dataset {spec!r}: use folder:PATH, "
+    raise DataError(f"Unknown {flag} {spec!r}: use folder:PATH, "
                     "tfds:NAME[:SPLIT] or tfrecord:PATH.")
