@@ -109,6 +109,13 @@ def define_train_flags():
     flags.DEFINE_integer("bn_recalibration_batches", 100, "After training, recompute "
                          "batch-norm statistics on up to this many clean training batches "
                          "(precise BN); 0: keep the moving averages.")
+    flags.DEFINE_enum("calibration", "none", ["none", "temperature"], "temperature: after "
+                      "training, fit one softmax temperature T on the held-out labeled "
+                      "images (--validation_fraction; temperature scaling, Guo et al. "
+                      "2017): the SavedModel then serves softmax(logits / T) (classes "
+                      "unchanged), model_info.json records T, metrics.json ECE, NLL and "
+                      "Brier on the test split before and after. Pseudo-labeling: filter "
+                      "and label with the teacher's T (--temperature multiplies it).")
     flags.DEFINE_string("init_weights", None, "Start the model (a teacher, or a student "
                         "from scratch) from an EfficientNet weights file in Keras "
                         "applications' layout (.h5, .weights.h5 or .keras), by layer name; "
@@ -151,6 +158,20 @@ def define_pseudo_label_flags():
                          "repeated more often and the rest of that class's quota stays "
                          "unfilled (stats.json says how much). 0: no limit (the paper's "
                          f"balance; a warning above {WARN_COPIES} copies).")
+    flags.DEFINE_float("min_precision", 0.0, "Per-class cut-offs instead of "
+                       "--min_confidence: for each class the lowest confidence at which "
+                       "the teacher's precision on the held-out labeled images it predicts "
+                       "as that class is at least this, there and at every cut-off above "
+                       "(needs --validation_fraction as the teacher was trained with). "
+                       "0: off.")
+    flags.DEFINE_integer("min_precision_count", 20, "With --min_precision: a class needs "
+                         "this many held-out images predicted as it for its own cut-off; "
+                         "with fewer --min_confidence stands (said in the log and "
+                         "stats.json).")
+    flags.DEFINE_integer("to_label", 0, "Also write <out>/to_label.csv: the N unlabeled "
+                         "images with the smallest margin between the teacher's two most "
+                         "probable classes (the ones a label would help most; "
+                         "near-duplicates may sit side by side). 0: none.")
     flags.DEFINE_bool("balance", True, "Balance the classes: K images per class (top-K, "
                       "repeats for rare classes), as the paper. --nobalance keeps every "
                       "image above --min_confidence once (the paper's ablation).")
@@ -178,6 +199,9 @@ def label_config():
     return LabelConfig(hard=FLAGS.hard_labels, temperature=FLAGS.temperature,
                        min_confidence=FLAGS.min_confidence, per_class=FLAGS.per_class,
                        max_copies=FLAGS.max_copies, balance=FLAGS.balance,
+                       calibration=FLAGS.calibration, min_precision=FLAGS.min_precision,
+                       min_precision_count=FLAGS.min_precision_count,
+                       to_label=FLAGS.to_label,
                        batch_size=FLAGS.label_batch_size, chunk_size=FLAGS.label_chunk_size)
 
 
@@ -287,7 +311,7 @@ def pretrain_train_config():
         learning_rate=scaled_learning_rate(FLAGS.pretrain_learning_rate,
                                            FLAGS.pretrain_batch_size, FLAGS.lr_scaling),
         weight_decay=FLAGS.pretrain_weight_decay, warmup_epochs=FLAGS.pretrain_warmup_epochs,
-        label_smoothing=0.0, total_steps=0)
+        label_smoothing=0.0, total_steps=0, calibration="none")
 
 
 def contrastive_config(image_size):
@@ -375,7 +399,8 @@ def train_config():
         bn_recalibration_batches=FLAGS.bn_recalibration_batches,
         ema_decay=FLAGS.ema_decay, grad_accum_steps=FLAGS.grad_accum_steps,
         eval_every_epochs=FLAGS.eval_every_epochs,
-        backup_every_steps=FLAGS.backup_every_steps, total_steps=FLAGS.train_steps)
+        backup_every_steps=FLAGS.backup_every_steps, total_steps=FLAGS.train_steps,
+        calibration=FLAGS.calibration)
 
 
 # The range of every numeric shared flag: (flag, lowest, lowest allowed, highest,
@@ -411,6 +436,9 @@ FLAG_RANGES = (
     ("min_confidence", 0, True, 1, True),
     ("per_class", 0, True, None, False),  # 0: the mean count per class
     ("max_copies", 0, True, None, False),  # 0: no limit
+    ("min_precision", 0, True, 1, True),  # 0: off
+    ("min_precision_count", 1, True, None, False),
+    ("to_label", 0, True, None, False),  # 0: no to_label.csv
     ("label_batch_size", 1, True, None, False),
     ("label_chunk_size", 1, True, None, False),
     ("unlabeled_ratio", 1, True, None, False),
@@ -457,8 +485,9 @@ def check_flag_ranges(ranges=FLAG_RANGES):
             check_range(name, getattr(FLAGS, name), *bounds)
 
 
-def validate_flags():
-    """Checks what can be checked before any data is read (fast errors)."""
+def validate_flags(trains=True):
+    """Checks what can be checked before any data is read (fast errors); `trains`:
+    the tool trains a model (pseudo-labeling alone does not)."""
     check_flag_ranges()
     model_config()  # stem stride, ...
     input_config(FLAGS.image_size or 1)  # crop and cache settings
@@ -472,6 +501,9 @@ def validate_flags():
     if not 0.0 <= FLAGS.validation_fraction < 1.0:
         raise InputError(f"--validation_fraction must be in [0, 1), got "
                          f"{FLAGS.validation_fraction}.")
+    if trains and FLAGS.calibration == "temperature" and not FLAGS.validation_fraction:
+        raise InputError("--calibration=temperature fits T on labeled images held out from "
+                         "training: set --validation_fraction (e.g. 0.1).")
     if "contrastive_temperature" in FLAGS:
         from nstudent.pretraining import check_batch
 

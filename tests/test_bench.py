@@ -87,18 +87,29 @@ def test_paper_setting_rows_are_recorded_skipped_and_rendered(tmp_path, toy_fold
 
 
 def test_paper_setting_mean_std_and_paired_differences():
-    """The table's arithmetic against a hand computation."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import paper_setting
-
-    mean, std = paper_setting.mean_std([0.80, 0.82, 0.84])
+    """The table's arithmetic against a hand computation (in a subprocess: the bench
+    defines absl flags that would clash with the tools' in this one)."""
+    script = """
+import json, sys
+sys.path.insert(0, "bench")
+import paper_setting as p
+rows = [{"row": "a", "seed": s, "test_top1": v} for s, v in enumerate([0.80, 0.81, 0.85])]
+rows += [{"row": "b", "seed": s, "test_top1": v} for s, v in enumerate([0.78, 0.78, 0.80])]
+out = {"mean_std": p.mean_std([0.80, 0.82, 0.84]), "one": p.mean_std([0.5]),
+       "paired": p.paired(rows, "a", "b")}
+rows[2]["test_top1"] = 0.70
+out["worse"] = p.paired(rows, "a", "b")
+print(json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    mean, std = out["mean_std"]
     assert abs(mean - 0.82) < 1e-12 and abs(std - 0.02) < 1e-12
-    assert paper_setting.mean_std([0.5]) == (0.5, None)
-    results = [{"row": "a", "seed": s, "test_top1": v} for s, v in enumerate([0.80, 0.81, 0.85])]
-    results += [{"row": "b", "seed": s, "test_top1": v} for s, v in enumerate([0.78, 0.78, 0.80])]
-    diffs, mean, std, counts = paper_setting.paired(results, "a", "b")
+    assert out["one"] == [0.5, None]
+    diffs, mean, std, counts = out["paired"]
     # differences 0.02, 0.03, 0.05: mean 0.0333, std 0.01528, SE 0.00882 -> counts
     assert [round(d, 6) for d in diffs] == [0.02, 0.03, 0.05]
     assert abs(mean - 0.1 / 3) < 1e-9 and abs(std - 0.0152753) < 1e-6 and counts
-    results[2]["test_top1"] = 0.70  # differences 0.02, 0.03, -0.10: no longer counts
-    assert not paper_setting.paired(results, "a", "b")[3]
+    assert not out["worse"][3]  # differences 0.02, 0.03, -0.10: no longer counts

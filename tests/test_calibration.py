@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from nstudent.errors import InputError
 from nstudent.evaluation import calibration
@@ -115,3 +116,53 @@ def test_precision_cutoffs_of_a_hand_table():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(InputError, match="--min_precision must be in"):
             _cutoffs(bad)
+
+
+def test_a_calibrated_teacher_serves_calibrated_probabilities(toy_folder, tmp_path):
+    """--calibration=temperature: T fitted on the held-out labeled images; metrics.json
+    has the test figures before and after (accuracy unchanged); model_info.json has T;
+    serving_default returns softmax(logits / T) with the classes unchanged; the
+    pictures are written; evaluate.py reports ECE with T."""
+    import json
+    import os
+
+    from nstudent import data
+    from nstudent.evaluation import load_classifier
+    from test_pipeline import _flags
+    from test_tools import run_tool
+
+    out = str(tmp_path / "t")
+    flags = [*_flags(toy_folder, out)[:-2], "--labels_per_class=20",
+             "--validation_fraction=0.25"]
+    result = run_tool("train.py", *flags, "--calibration=temperature", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    info = json.load(open(os.path.join(out, "model_info.json")))
+    cal = metrics["calibration"]
+    t = cal["temperature"]
+    assert info["calibration_temperature"] == t
+    assert calibration.T_RANGE[0] < t < calibration.T_RANGE[1]
+    assert cal["fitted_on"] == info["held_out"] == {
+        "dataset": f"folder:{toy_folder}", "labels_per_class": 20, "seed": 0,
+        "validation_fraction": 0.25, "examples": 20}  # 5 of each class's 20
+    assert cal["test_after"]["accuracy"] == cal["test_before"]["accuracy"]
+    assert cal["held_out_after"]["nll"] <= cal["held_out_before"]["nll"] + 1e-9
+    for name in ("confusion.png", "reliability.png", "reliability_calibrated.png"):
+        assert open(os.path.join(out, name), "rb").read(4) == b"\x89PNG"
+    images = np.stack([x for x, _ in data.load(f"folder:{toy_folder}", channels=1)[1][
+        "test"].dataset().take(8).as_numpy_iterator()])
+    keras_model = load_classifier(out, prefer="keras")
+    logits = keras_model.logits(images.astype(np.float32))
+    serve = tf.saved_model.load(os.path.join(out, "saved_model")).signatures[
+        "serving_default"]
+    served = serve(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(served, calibration.softmax(logits, t), atol=1e-5)
+    np.testing.assert_array_equal(served.argmax(1), logits.argmax(1))
+    np.testing.assert_allclose(keras_model.probabilities(images.astype(np.float32)),
+                               served, atol=1e-5)
+    result = run_tool("evaluate.py", f"--model={out}", f"--dataset=folder:{toy_folder}",
+                      "--channels=1")
+    assert result.returncode == 0 and f"calibrated T={t:.3f}" in result.stdout
+    refused = run_tool("train.py", *flags[:-1], "--calibration=temperature",
+                       f"--out={tmp_path / 'no'}")
+    assert refused.returncode == 2 and "set --validation_fraction" in refused.stderr

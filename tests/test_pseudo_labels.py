@@ -520,3 +520,119 @@ def test_heavy_repeats_warn_and_max_copies_caps_them(tmp_path, tiny_config, capl
     assert [r["copies"] for r in plain["classes"]] == counts.tolist()
     assert [r["quota_unfilled"] for r in plain["classes"]] == [0] * 4
     assert plain["records"] == plain["distinct_images"] == 200
+
+
+def test_calibration_and_precision_cutoffs_select_again_without_labeling_again(
+        tmp_path, tiny_config):
+    """A teacher calibrated at T=2 (as training records it): --calibration=temperature
+    filters and labels with softmax(logits / 2) and --min_precision cuts each class at
+    the precision measured on the held-out labeled images, both from the stored logits:
+    `--phase=select --overwrite` selects again and the label shards stay untouched."""
+    images = random_images(600, 16, 1, seed=5)
+    teacher, model, info = _teacher(tmp_path, tiny_config, images)
+    logits = np.asarray(model(images.astype(np.float32), training=False), np.float64)
+    truth = logits.argmax(1)
+    truth[::3] = (truth[::3] + 1) % 4  # a third wrong: precision below 1
+    split = in_memory_split("train", images, truth)
+    sd = data.StageData(info, split, labels_per_class=40, seed=0, dataset="toy",
+                        validation_fraction=0.5)
+    config = tiny_config.replace(num_classes=4, dropout=0.5, stochastic_depth=0.5)
+    out = tmp_path / "pl"
+    plain = LabelConfig(min_confidence=0.0, balance=False)
+    with pytest.raises(ValueError, match="has no calibration temperature"):
+        pseudo_labels.pseudo_label(teacher, sd, LabelConfig(calibration="temperature"),
+                                   str(out))
+    with pytest.raises(ValueError, match="does not record which labeled images it held"):
+        pseudo_labels.pseudo_label(teacher, sd, LabelConfig(min_precision=0.8), str(out))
+    export.write_run(teacher, model, config, info, {"parameters": model.count_params()},
+                     temperature=2.0, held_out=sd.held_out())
+    raw = pseudo_labels.pseudo_label(teacher, sd, plain, str(out))
+    assert raw["calibration_temperature"] == 1.0 and raw["precision_cutoffs"] is None
+    labels_dir = out / "labels"
+    stamps = {p.name: p.stat().st_mtime_ns for p in labels_dir.iterdir()}
+    tuned = LabelConfig(min_confidence=0.0, balance=False, calibration="temperature",
+                        min_precision=0.8, min_precision_count=5)
+    with pytest.raises(ShardError, match="other settings"):
+        pseudo_labels.pseudo_label(teacher, sd, tuned, str(out), phase="select")
+    stats = pseudo_labels.pseudo_label(teacher, sd, tuned, str(out), phase="select",
+                                       overwrite=True)
+    assert {p.name: p.stat().st_mtime_ns for p in labels_dir.iterdir()} == stamps
+    assert stats["calibration_temperature"] == 2.0
+    # the cut-offs by hand: softmax(logits / 2) of the held-out images, their labels
+    held = sd.validation_indices
+    probs = soften(logits[held], 2.0)
+    expected = pseudo_labels.precision_cutoffs(probs.max(1), probs.argmax(1), truth[held],
+                                               4, 0.8, 5, 0.0)
+    got = stats["precision_cutoffs"]
+    assert [c["source"] for c in got] == [c.source for c in expected]
+    assert [c["held_out"] for c in got] == [c.held_out for c in expected]
+    for g, e in zip(got, expected):
+        if e.source == "none":
+            assert g["cutoff"] is None
+        else:
+            np.testing.assert_allclose(g["cutoff"], e.cutoff, **BATCHING)
+    records = read_records(str(out))
+    index = np.array([r["index"] for r in records])
+    calibrated = soften(logits[index], 2.0)
+    np.testing.assert_allclose(np.stack([r["label"] for r in records]), calibrated,
+                               **BATCHING)
+    cutoff = np.array([np.inf if e.source == "none" else e.cutoff for e in expected])
+    assert np.all(calibrated.max(1) >= cutoff[calibrated.argmax(1)] - 1e-4)
+    # every unlabeled image clear of its class's cut-off is kept exactly when above it
+    rest = sd.unlabeled[1]
+    conf = soften(logits[rest], 2.0)
+    above = conf.max(1) >= cutoff[conf.argmax(1)]
+    clear = np.abs(conf.max(1) - cutoff[conf.argmax(1)]) > 1e-4
+    assert set(rest[above & clear]) <= set(index) and not set(rest[~above & clear]) & set(
+        index)
+    assert raw["records"] != stats["records"]  # the cut-offs changed the selection
+
+
+def test_to_label_lists_the_smallest_margins_first(sorted_source, tmp_path):
+    import csv
+
+    teacher, model, info, split, images = sorted_source
+    _label(teacher, info, split, tmp_path / "pl", LabelConfig(min_confidence=0.0,
+                                                               to_label=12))
+    with open(tmp_path / "pl" / "to_label.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12
+    probs = soften(np.asarray(model(images.astype(np.float32), training=False)))
+    top2 = np.sort(probs, axis=1)[:, ::-1][:, :2]
+    margin = top2[:, 0] - top2[:, 1]  # by hand, over every unlabeled image
+    got = [float(r["margin"]) for r in rows]
+    assert got == sorted(got)
+    index = np.array([int(r["index"]) for r in rows])
+    np.testing.assert_allclose(got, margin[index], atol=1e-5)
+    twelfth = np.sort(margin)[11]
+    clearly_in = np.flatnonzero(margin < twelfth - 1e-4)
+    assert set(clearly_in) <= set(index)  # the smallest margins, whatever the batching
+    names = info.class_names
+    for r, i in zip(rows, index):
+        assert r["class_1"] == names[int(probs[i].argmax())]
+        assert float(r["probability_1"]) >= float(r["probability_2"])
+    with pytest.raises(ValueError, match="--to_label must not be negative"):
+        LabelConfig(to_label=-1)
+
+
+def test_contact_sheets_show_the_best_the_cut_off_and_the_best_left_out(tmp_path):
+    from nstudent.pseudo_labels import sheets
+
+    # class 0: kept 10 (0.9), 11 (0.8), 12 (0.7); left out 13 (0.6), 14 (0.5)
+    # class 1: kept 20 (0.95); left out nothing
+    predicted = np.array([0, 0, 0, 0, 0, 1])
+    confidence = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.95])
+    index = np.array([10, 11, 12, 13, 14, 20])
+    kept = np.array([True, True, True, False, False, True])
+    chosen = sheets.choose(predicted, confidence, index, kept, 3, k=2)
+    assert chosen[0] == [[(10, 0.9), (11, 0.8)], [(12, 0.7), (11, 0.8)],
+                         [(13, 0.6), (14, 0.5)]]
+    assert chosen[1] == [[(20, 0.95)], [(20, 0.95)], []]
+    assert chosen[2] == [[], [], []]  # a class nobody predicts: an empty sheet
+    images = random_images(21, 12, 1)
+    split = in_memory_split("u", images, np.full(21, -1))
+    paths = sheets.write_sheets(split, chosen, ["a/b", "c", "d"], str(tmp_path),
+                                [0.7, 0.95, None])
+    assert [os.path.basename(p) for p in paths] == ["a_b.png", "c.png", "d.png"]
+    assert all(open(p, "rb").read(4) == b"\x89PNG" for p in paths)
+    assert os.listdir(tmp_path / "pictures" / "logs")  # the TensorBoard summaries

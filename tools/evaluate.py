@@ -55,9 +55,11 @@ def main(argv):
         metrics = evaluation.top_k_accuracy(classifier, batches, info.num_classes)
         metrics.update(model=os.path.abspath(classifier.path), format=classifier.kind,
                        dataset=FLAGS.dataset, split=FLAGS.split, image_size=size)
+        calibrated = ("" if classifier.temperature == 1
+                      else f", calibrated T={classifier.temperature:.3f}")
         print(f"{FLAGS.dataset}:{FLAGS.split} ({metrics['examples']} images, {size} px) "
               f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
-              f"[{classifier.kind}]")
+              f"ECE {metrics['ece']:.4f}{calibrated}  [{classifier.kind}]")
         if FLAGS.output:
             export.write_json(FLAGS.output, metrics)
         logging.info("done")

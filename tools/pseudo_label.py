@@ -71,7 +71,7 @@ def main(argv):
                          if not missing else f"Shards still to label: "
                          f"{', '.join(map(str, missing))} of {FLAGS.num_shards}.")
 
-    return cli.run_stage(stage)
+    return cli.run_stage(stage, validate=lambda: cli.validate_flags(trains=False))
 
 
 if __name__ == "__main__":

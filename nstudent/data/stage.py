@@ -49,6 +49,13 @@ class StageData:
                 "seed": self.seed, "validation_fraction": self.validation_fraction,
                 "labeled": len(self.labeled_indices), "num_classes": self.info.num_classes}
 
+    def held_out(self):
+        """Which labeled images were held out from training (model_info.json): the
+        same dataset, labels per class, seed and fraction pick the same ones."""
+        return {"dataset": self.dataset, "labels_per_class": self.labels_per_class,
+                "seed": self.seed, "validation_fraction": self.validation_fraction,
+                "examples": int(len(self.validation_indices))}
+
     def labeled(self, batch_size=None, shuffle=False):
         """(uint8 image, label) of the labeled subset, shuffled before decoding every pass
         with `shuffle`; it must fill one batch."""

@@ -7,11 +7,10 @@ log-likelihood on held-out labeled images; the predicted classes never change.
 Pure numpy (the figures) and matplotlib (the diagram).
 """
 
-import os
-
 import numpy as np
 
 from nstudent.errors import InputError
+from nstudent.evaluation.pictures import save_figure
 
 ECE_BINS = 15  # equal-width confidence bins, as Guo et al.
 # the range searched for T; NLL is convex in 1/T, so the search finds its minimum
@@ -72,6 +71,18 @@ def calibration_figures(logits, labels, temperature=1.0):
             "brier": brier_score(p, y)}
 
 
+def network_logits(network, batches):
+    """(float32 logits, int64 labels) of a network in inference mode over (images,
+    one-hot labels) batches."""
+    logits, labels = [], []
+    for images, onehot in batches.as_numpy_iterator():
+        logits.append(np.asarray(network(images, training=False), np.float32))
+        labels.append(np.argmax(onehot, axis=-1))
+    if not logits:
+        raise InputError("No images to compute logits on.")
+    return np.concatenate(logits), np.concatenate(labels).astype(np.int64)
+
+
 def fit_temperature(logits, labels, iterations=100):
     """The T in T_RANGE minimising the NLL of softmax(logits / T) on (logits, labels):
     a golden-section search over 1/T, in which the NLL is convex."""
@@ -129,8 +140,4 @@ def reliability_diagram(probabilities, labels, path, title, bins=ECE_BINS):
     bottom.set_xlabel("top-class confidence")
     bottom.set_ylabel("share")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

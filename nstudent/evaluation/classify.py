@@ -41,6 +41,11 @@ class Classifier:
         return self.info["image_size"] if self.info else self.input_size
 
     @property
+    def temperature(self):
+        """A calibrated model's T (its probabilities are softmax(logits / T)); 1.0 else."""
+        return (self.info or {}).get("calibration_temperature") or 1.0
+
+    @property
     def crop_fraction(self):
         """0: images are resized to a square; else the central fraction kept."""
         return (self.info or {}).get("eval_crop_fraction", 0.0)
@@ -107,6 +112,7 @@ def load_classifier(path, prefer="saved_model"):
                 return load_classifier(os.path.join(path, name))
         raise MissingInput(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
     info = _run_info(os.path.dirname(os.path.abspath(path)))
+    temperature = (info or {}).get("calibration_temperature") or 1.0
     if info and info.get("kind") == PRETRAIN:
         raise InputError(f"{path!r} is a contrastive pretraining run (embeddings, no "
                          "classifier); fine-tune it first: tools/train.py "
@@ -118,7 +124,7 @@ def load_classifier(path, prefer="saved_model"):
             return np.asarray(model.predict_on_batch(images), np.float32)
 
         def probabilities(images):
-            return _softmax(logits(images))
+            return _softmax(logits(images) / temperature)
 
         return Classifier(probabilities, path, "keras", info, model.input_shape[-1], model,
                           logits, num_classes=int(model.output_shape[-1]))
@@ -132,8 +138,8 @@ def load_classifier(path, prefer="saved_model"):
             # the images come prepared at the model's size, as evaluation makes them;
             # serving_default would prepare them again (a second centre crop for
             # random_resized models), so the SavedModels written here are read as
-            # the .keras file is
-            return _softmax(logits(images))
+            # the .keras file is (serving divides by the same T)
+            return _softmax(logits(images) / temperature)
         images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
         return serve(images=images)["probabilities"].numpy()
 
@@ -160,9 +166,13 @@ def _softmax(logits):
 
 
 def top_k_accuracy(classifier, batches, num_classes):
-    """Top-1 and top-5 over (float images, one-hot labels) batches, and the count."""
+    """Top-1 and top-5 over (float images, one-hot labels) batches, the count, and the
+    expected calibration error of the probabilities as the model gives them."""
+    from nstudent.evaluation.calibration import expected_calibration_error
+
     correct1 = correct5 = total = 0
     k = min(5, num_classes)
+    seen, truths = [], []
     for images, labels in batches.as_numpy_iterator():
         probs = classifier.probabilities(images)
         if probs.shape[-1] != num_classes:
@@ -173,6 +183,10 @@ def top_k_accuracy(classifier, batches, num_classes):
         correct1 += int(np.sum(top[:, 0] == truth))
         correct5 += int(np.sum(np.any(top == truth[:, None], axis=-1)))
         total += len(truth)
+        seen.append(probs)
+        truths.append(truth)
     if not total:
         raise InputError("The evaluation split is empty.")
-    return {"top1": correct1 / total, "top5": correct5 / total, "examples": total}
+    return {"top1": correct1 / total, "top5": correct5 / total, "examples": total,
+            "ece": expected_calibration_error(np.concatenate(seen), np.concatenate(truths)),
+            "calibration_temperature": classifier.temperature}

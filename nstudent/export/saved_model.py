@@ -24,9 +24,11 @@ def save_keras(model, path):
 
 
 def export_saved_model(model, path, image_size, channels, crop_fraction=0.0,
-                       embeddings=False):
+                       embeddings=False, temperature=None):
     """`embeddings`: `model` is a pretraining network (a dict of embeddings and
-    projections), served as such instead of probabilities and classes."""
+    projections), served as such instead of probabilities and classes. `temperature`:
+    serving returns softmax(logits / T), the calibrated probabilities (the `logits`
+    endpoint stays the network's)."""
     archive = keras.export.ExportArchive()
     logits_fn = archive.track_and_add_endpoint(
         "embed" if embeddings else "logits", model,
@@ -40,6 +42,8 @@ def export_saved_model(model, path, image_size, channels, crop_fraction=0.0,
             outputs = logits_fn(tf.cast(images, tf.float32))
             return {k: tf.cast(outputs[k], tf.float32) for k in ("embeddings", "projections")}
         logits = tf.cast(logits_fn(tf.cast(images, tf.float32)), tf.float32)
+        if temperature:
+            logits = logits / float(temperature)
         probabilities = tf.nn.softmax(logits, axis=-1)
         return {"probabilities": probabilities,
                 "classes": tf.argmax(probabilities, axis=-1)}

@@ -7,7 +7,7 @@ _HOMES = {
     "LabelConfig": "labeler", "label_shard": "labeler", "label_shards": "labeler",
     "teacher_settings": "labeler", "pseudo_label": "labeler",
     "Selection": "selection", "balance": "selection", "filter_and_balance": "selection",
-    "soften": "selection",
+    "soften": "selection", "precision_cutoffs": "cutoffs", "ClassCutoff": "cutoffs",
     "PseudoLabels": "shards", "load_pseudo_labels": "shards", "read_records": "shards",
     "ShardError": "store", "LabelShard": "store",
     "select": "writer", "missing_shards": "writer", "class_table": "writer",

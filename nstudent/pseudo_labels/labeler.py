@@ -24,7 +24,9 @@ from nstudent.pseudo_labels.store import LabelShard, chunk_rows, shard_rows
 
 # Settings that only the selection phase uses: changing them re-selects without
 # labeling again.
-SELECTION_KEYS = ("hard", "min_confidence", "per_class", "max_copies", "balance")
+SELECTION_KEYS = ("hard", "min_confidence", "per_class", "max_copies", "balance",
+                  "calibration", "calibration_temperature", "min_precision",
+                  "min_precision_count", "held_out")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,10 @@ class LabelConfig:
     per_class: int = 0  # K; 0: the mean count per class after filtering
     max_copies: int = 0  # no image repeated more often by balancing; 0: no limit
     balance: bool = True  # False: every image above min_confidence once (no K)
+    calibration: str = "none"  # temperature: confidence and labels at the teacher's T
+    min_precision: float = 0.0  # > 0: per-class cut-offs from held-out precision
+    min_precision_count: int = 20  # held-out predictions a class needs for its own
+    to_label: int = 0  # > 0: to_label.csv, the images with the smallest top-2 margins
     batch_size: int = 512
     chunk_size: int = 16384  # images per resumable chunk of a shard
 
@@ -50,6 +56,17 @@ class LabelConfig:
                 raise InputError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
         if not 0 <= self.min_confidence <= 1:
             raise InputError(f"--min_confidence must be in [0, 1], got {self.min_confidence}.")
+        if not 0 <= self.min_precision <= 1:
+            raise InputError(f"--min_precision must be in (0, 1] (0: off), got "
+                             f"{self.min_precision}.")
+        if self.to_label < 0:
+            raise InputError(f"--to_label must not be negative, got {self.to_label}.")
+        if self.min_precision_count < 1:
+            raise InputError(f"--min_precision_count must be at least 1, got "
+                             f"{self.min_precision_count}.")
+        if self.calibration not in ("none", "temperature"):
+            raise InputError(f"--calibration must be none or temperature, got "
+                             f"{self.calibration!r}.")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -61,17 +78,49 @@ def teacher_settings(classifier, teacher_path, stage_data, config, num_shards=1)
     metrics = os.path.join(os.path.abspath(teacher_path), "metrics.json")
     params = (read_json(metrics).get("parameters") if os.path.exists(metrics) else
               classifier.keras_model.count_params() if classifier.keras_model else None)
+    if config.calibration == "temperature" and classifier.temperature == 1.0:
+        raise InputError(f"--calibration=temperature: the teacher {teacher_path!r} has no "
+                         "calibration temperature (model_info.json); train it with "
+                         "--calibration=temperature, or pass --calibration=none.")
+    held_out = None
+    if config.min_precision:
+        held_out = check_held_out(classifier, teacher_path, stage_data)
     return {"teacher": os.path.abspath(teacher_path), "teacher_digest": classifier.digest,
             "teacher_parameters": params,
+            "calibration_temperature": (classifier.temperature
+                                        if config.calibration == "temperature" else 1.0),
+            "held_out": held_out,
             "dataset": stage_data.dataset, "split": stage_data.train.name,
             "unlabeled_dataset": stage_data.unlabeled_spec or None,
             "labels_per_class": stage_data.labels_per_class, "seed": stage_data.seed,
             "num_shards": num_shards,
-            **{k: v for k, v in config.to_dict().items() if k != "batch_size"}}
+            **{k: v for k, v in config.to_dict().items()
+               if k not in ("batch_size", "to_label")}}
 
 
 def labeling_settings(settings):
     return {k: v for k, v in settings.items() if k not in SELECTION_KEYS}
+
+
+def check_held_out(classifier, teacher_path, stage_data):
+    """The labeled images held out from the teacher's training, as this stage would
+    hold them out: refused when the teacher trained on them, or cannot say."""
+    mine = stage_data.held_out()
+    theirs = (classifier.info or {}).get("held_out")
+    if not mine["examples"]:
+        raise InputError("--min_precision measures the teacher's precision on labeled "
+                         "images held out from its training: set --validation_fraction "
+                         "as the teacher was trained with it.")
+    if theirs is None:
+        raise InputError(f"--min_precision: {teacher_path!r} does not record which "
+                         "labeled images it held out (model_info.json 'held_out'); it may "
+                         "have trained on them. Train it again with --validation_fraction.")
+    if theirs != mine:
+        raise InputError(f"--min_precision: the teacher held out {theirs}, this stage "
+                         f"would measure on {mine}; the teacher trained on some of those "
+                         "images. Use the teacher's --labels_per_class, --seed and "
+                         "--validation_fraction.")
+    return mine
 
 
 def label_shard(inference, stage_data, shard, config, settings, overwrite=False):
@@ -203,7 +252,7 @@ def pseudo_label(teacher_path, stage_data, config, out_dir, shards=None, num_sha
     once every shard is labeled the selection writes the pseudo-labeled set
     (phase "select"). Returns the selection's stats, or None when shards are
     still missing."""
-    from nstudent.pseudo_labels.writer import missing_shards, select
+    from nstudent.pseudo_labels.writer import missing_shards, select, write_to_label
 
     classifier = load_classifier(teacher_path, prefer="keras")
     settings = teacher_settings(classifier, teacher_path, stage_data, config, num_shards)
@@ -214,4 +263,43 @@ def pseudo_label(teacher_path, stage_data, config, out_dir, shards=None, num_sha
         return None
     if phase == "all" and missing_shards(out_dir, num_shards):
         return None  # the caller names them (missing_shards)
-    return select(stage_data, config, out_dir, settings, overwrite=overwrite)
+    cutoffs = None
+    if config.min_precision:
+        cutoffs = held_out_cutoffs(classifier, stage_data, config,
+                                   settings["calibration_temperature"])
+    stats = select(stage_data, config, out_dir, settings, overwrite=overwrite,
+                   cutoffs=cutoffs)
+    if config.to_label:
+        write_to_label(stage_data, out_dir, settings, config, config.to_label)
+    return stats
+
+
+def held_out_cutoffs(classifier, stage_data, config, calibration):
+    """--min_precision's per-class cut-offs, measured on the held-out labeled images
+    with the confidence the selection uses (the teacher's T times --temperature)."""
+    from nstudent import data
+    from nstudent.pseudo_labels.cutoffs import precision_cutoffs
+
+    if classifier.logits is None:
+        raise InputError(f"--min_precision needs the teacher's logits; {classifier.path!r} "
+                         "has no logits endpoint (give its run folder or .keras file).")
+    held = stage_data.validation_indices
+    batches = data.eval_dataset(
+        stage_data.train.dataset(held), stage_data.info.num_classes,
+        data.InputConfig.for_evaluation(classifier.image_size, config.batch_size,
+                                        classifier.crop_fraction))
+    logits, labels = [], []
+    for images, onehot in batches.as_numpy_iterator():
+        logits.append(classifier.logits(images))
+        labels.append(onehot.argmax(-1))
+    probs = soften(np.concatenate(logits), config.temperature * calibration)
+    cutoffs = precision_cutoffs(probs.max(-1), probs.argmax(-1), np.concatenate(labels),
+                                stage_data.info.num_classes, config.min_precision,
+                                config.min_precision_count, config.min_confidence)
+    names = stage_data.info.class_names
+    logging.info("--min_precision=%g on %d held-out images: %s.", config.min_precision,
+                 len(held), "; ".join(
+                     f"{n} {'keeps none' if c.source == 'none' else format(c.cutoff, '.3f')}"
+                     f" ({c.source}, {c.held_out} predicted)"
+                     for n, c in zip(names, cutoffs)))
+    return cutoffs

@@ -38,6 +38,15 @@ def harden(probabilities):
     return np.eye(probabilities.shape[-1], dtype=np.float32)[np.argmax(probabilities, axis=-1)]
 
 
+def passes(confidence, predicted, min_confidence):
+    """confidence >= the cut-off: one for every class, or per class (an array indexed
+    by the predicted class: --min_precision's cut-offs)."""
+    threshold = np.asarray(min_confidence, np.float64)
+    if threshold.ndim:
+        threshold = threshold[np.asarray(predicted, np.int64)]
+    return np.asarray(confidence) >= threshold
+
+
 def rank_key(confidence, index):
     """uint64 keys whose descending order is confidence descending, index ascending."""
     confidence = np.asarray(confidence, np.float32)
@@ -66,7 +75,7 @@ class Balance:
     def copies(self, predicted, confidence, index, min_confidence):
         """Copies of each row (0: not selected)."""
         predicted = np.asarray(predicted, np.int64)
-        candidate = np.asarray(confidence) >= min_confidence
+        candidate = passes(confidence, predicted, min_confidence)
         key = rank_key(confidence, index)
         top = (key >> self.shift[predicted]) >= self.prefix[predicted]
         copies = self.base[predicted] + ((self.extra[predicted] > 0) & top)
@@ -97,17 +106,19 @@ def balance(read, num_classes, min_confidence, per_class=0, max_copies=0, balanc
     mean count per class after the filter (over all classes, empty ones too).
     `max_copies` > 0: no image is repeated more often; the rest of a rare class's
     quota stays unfilled. `balanced=False` (the paper's ablation): every candidate
-    once, no K (per_class 0)."""
+    once, no K (per_class 0). `min_confidence`: a number, or one per class."""
     predicted = np.zeros(num_classes, np.int64)
     candidates = np.zeros(num_classes, np.int64)
     for chunk in read():
-        keep = chunk["confidence"] >= min_confidence
+        keep = passes(chunk["confidence"], chunk["predicted"], min_confidence)
         predicted += np.bincount(chunk["predicted"], minlength=num_classes)
         candidates += np.bincount(chunk["predicted"][keep], minlength=num_classes)
     total = int(candidates.sum())
     if not total:
-        raise InputError(f"--min_confidence={min_confidence} filters out every one of the "
-                         f"{int(predicted.sum())} images.")
+        cutoff = (f"--min_confidence={min_confidence}" if np.ndim(min_confidence) == 0
+                  else "every per-class cut-off (--min_precision)")
+        raise InputError(f"{cutoff} filters out every one of the {int(predicted.sum())} "
+                         "images.")
     if not balanced:
         once = (candidates > 0).astype(np.int64)
         zeros = np.zeros(num_classes, np.uint64)
@@ -143,7 +154,7 @@ def _cutoffs(read, ranks, num_classes, min_confidence):
         hist = np.zeros((num_classes, 1 << width), np.int64)
         for chunk in read():
             cls = np.asarray(chunk["predicted"], np.int64)
-            keep = (chunk["confidence"] >= min_confidence) & active[cls]
+            keep = passes(chunk["confidence"], cls, min_confidence) & active[cls]
             cls = cls[keep]
             key = rank_key(chunk["confidence"][keep], chunk["index"][keep])
             if bits + width < 64:  # only keys inside each class's boundary bucket

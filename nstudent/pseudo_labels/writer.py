@@ -9,6 +9,8 @@ files, each bucket is permuted in memory), so memory holds one bucket, not the
 shard. Last comes stats.json, with a per-class table in the log.
 """
 
+import csv
+import dataclasses
 import itertools
 import math
 import os
@@ -78,8 +80,38 @@ def _previous(out_dir, num_shards, settings, overwrite):
     return None
 
 
-def select(stage_data, config, out_dir, settings, overwrite=False):
-    """Balances globally and writes every output shard and stats.json; returns the stats."""
+@dataclasses.dataclass
+class Cut:
+    """What decides which images pass: the cut-off (one, or one per class from
+    --min_precision) on the confidence, recomputed from the stored logits at the
+    teacher's calibration temperature (times --temperature) when it has one, so a
+    changed calibration selects again without labeling again."""
+
+    threshold: object  # float, or float64 [classes]
+    calibration: float = 1.0  # the teacher's T; 1: the confidence as labeled
+    temperature: float = 1.0  # --temperature
+
+    def chunks(self, shard, fields=("index", "predicted", "confidence")):
+        if self.calibration == 1.0:
+            yield from shard.chunks(fields)
+            return
+        for chunk in shard.chunks(tuple(dict.fromkeys((*fields, "logits")))):
+            chunk["confidence"] = soften(chunk["logits"],
+                                         self.temperature * self.calibration).max(-1)
+            yield chunk
+
+    def of_class(self, c):
+        return float(self.threshold if np.ndim(self.threshold) == 0 else self.threshold[c])
+
+    def describe(self):
+        return (f"--min_confidence={self.threshold:g}" if np.ndim(self.threshold) == 0
+                else "the per-class cut-offs of --min_precision")
+
+
+def select(stage_data, config, out_dir, settings, overwrite=False, cutoffs=None):
+    """Balances globally and writes every output shard and stats.json; returns the
+    stats. `cutoffs`: per-class ClassCutoffs (--min_precision) instead of
+    --min_confidence."""
     num_shards = settings["num_shards"]
     shards = _check_labeled(out_dir, num_shards, settings)
     previous = _previous(out_dir, num_shards, settings, overwrite)
@@ -91,43 +123,116 @@ def select(stage_data, config, out_dir, settings, overwrite=False):
     split, _ = stage_data.unlabeled
     names = list(info.class_names)
 
-    def read():
-        return itertools.chain.from_iterable(s.chunks() for s in shards)
+    cut = Cut(config.min_confidence if cutoffs is None else
+              np.array([c.cutoff for c in cutoffs], np.float64),
+              settings.get("calibration_temperature") or 1.0, config.temperature)
 
-    plan = balance(read, info.num_classes, config.min_confidence, config.per_class,
+    def read():
+        return itertools.chain.from_iterable(cut.chunks(s) for s in shards)
+
+    plan = balance(read, info.num_classes, cut.threshold, config.per_class,
                    config.max_copies, config.balance)
     empty = [names[c] for c in np.flatnonzero(plan.candidates == 0)]
     if empty:
-        logging.warning("--min_confidence=%g leaves no image of class(es) %s; they stay "
-                        "empty in the pseudo-labeled set.", config.min_confidence,
-                        ", ".join(empty))
+        logging.warning("%s leaves no image of class(es) %s; they stay empty in the "
+                        "pseudo-labeled set.", cut.describe(), ", ".join(empty))
     _warn_copies(plan, names, config.max_copies)
     totals = _Totals(info.num_classes)
     for s in shards:
-        _write_output(split, s, plan, config, out_dir, settings, totals)
+        _write_output(split, s, plan, config, out_dir, settings, totals, cut)
     shard_stats = [s.stats() for s in shards]
     stats = {
         "settings": settings, "num_classes": info.num_classes, "channels": info.channels,
         "class_names": names, "per_class": plan.per_class,
         "min_confidence": config.min_confidence, "hard": config.hard,
         "max_copies": config.max_copies, "balance": config.balance,
-        "temperature": config.temperature,
+        "temperature": config.temperature, "calibration_temperature": cut.calibration,
+        "min_precision": config.min_precision,
+        "precision_cutoffs": None if cutoffs is None else [
+            dict(dataclasses.asdict(c), cutoff=_finite(c.cutoff), **{"class": n})
+            for c, n in zip(cutoffs, names)],
         "images_in": sum(s["images_in"] for s in shard_stats),
         "images_read": sum(s["images_read"] for s in shard_stats),
         "unreadable_skipped": sum(s["unreadable_skipped"] for s in shard_stats),
         "unreadable_first": [p for s in shard_stats for p in s["unreadable_first"]][:10],
         "above_threshold": int(plan.candidates.sum()),
         "distinct_images": int(totals.selected.sum()), "records": int(totals.copies.sum()),
-        "classes": totals.per_class(names, plan, config.min_confidence),
+        "classes": totals.per_class(names, plan, cut),
         "seconds_selecting": time.time() - start,
         **_agreement(split, read, info.num_classes)}
+    stats["pictures"] = _pictures(split, shards, plan, cut, names, out_dir, stats)
     write_json(os.path.join(out_dir, STATS), stats)
-    logging.info("Pseudo-labels: %d of %d images above --min_confidence=%g, %s, "
+    logging.info("Pseudo-labels: %d of %d images pass %s, %s, "
                  "%d distinct images written as %d records with copies.\n%s",
-                 stats["above_threshold"], stats["images_read"], config.min_confidence,
+                 stats["above_threshold"], stats["images_read"], cut.describe(),
                  f"K={plan.per_class} per class" if plan.per_class else "not balanced",
                  stats["distinct_images"], stats["records"], class_table(stats))
     return stats
+
+
+def _pictures(split, shards, plan, cut, names, out_dir, stats):
+    """The contact sheets of the selection (sheets.py); returns their folder."""
+    from nstudent.pseudo_labels import sheets
+
+    parts = {"predicted": [], "confidence": [], "index": [], "kept": []}
+    for shard in shards:
+        for chunk in cut.chunks(shard):
+            kept = plan.copies(chunk["predicted"], chunk["confidence"], chunk["index"],
+                               cut.threshold) > 0
+            for key, value in (("predicted", chunk["predicted"]),
+                               ("confidence", chunk["confidence"]),
+                               ("index", chunk["index"]), ("kept", kept)):
+                parts[key].append(value)
+    rows = {k: np.concatenate(v) for k, v in parts.items()}
+    chosen = sheets.choose(rows["predicted"].astype(np.int64), rows["confidence"],
+                           rows["index"], rows["kept"], len(names))
+    sheets.write_sheets(split, chosen, names, out_dir,
+                        [r["cutoff"] for r in stats["classes"]])
+    return os.path.join(out_dir, sheets.SHEETS)
+
+
+TO_LABEL = "to_label.csv"
+
+
+def write_to_label(stage_data, out_dir, settings, config, count):
+    """<out_dir>/to_label.csv: the `count` unlabeled images the teacher is least sure
+    of, by the margin between its two most probable classes (at the selection's
+    temperature), smallest first (ties: the lower index). Images that look alike get
+    alike margins, so near-duplicates may sit side by side. Returns the path."""
+    split, _ = stage_data.unlabeled
+    names = list(stage_data.info.class_names)
+    shards = _check_labeled(out_dir, settings["num_shards"], settings)
+    cut = Cut(config.min_confidence, settings.get("calibration_temperature") or 1.0,
+              config.temperature)
+    best = None  # (margin, index, top2 classes, top2 probabilities), at most `count`
+    for shard in shards:
+        for chunk in cut.chunks(shard, ("index", "logits")):
+            probs = soften(chunk["logits"], config.temperature * cut.calibration)
+            top = np.argsort(-probs, axis=1, kind="stable")[:, :2]
+            p = np.take_along_axis(probs, top, axis=1)
+            rows = (p[:, 0] - p[:, 1], chunk["index"], top, p)
+            if best is not None:
+                rows = tuple(np.concatenate([a, b]) for a, b in zip(best, rows))
+            order = np.lexsort((rows[1], rows[0]))[:count]
+            best = tuple(a[order] for a in rows)
+    path = os.path.join(out_dir, TO_LABEL)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "index", "margin", "class_1", "probability_1",
+                             "class_2", "probability_2"])
+            for margin, index, top, p in zip(*best):
+                image = split.paths[index] if split.paths is not None else int(index)
+                writer.writerow([image, int(index), f"{margin:.6f}", names[top[0]],
+                                 f"{p[0]:.6f}", names[top[1]], f"{p[1]:.6f}"])
+    logging.info("Wrote the %d images to label next (smallest margins %.4f-%.4f) to %s.",
+                 len(best[0]), best[0][0], best[0][-1], path)
+    return path
+
+
+def _finite(value):
+    """JSON has no infinity: a class that keeps no image has the cut-off None."""
+    return value if math.isfinite(value) else None
 
 
 class _Totals:
@@ -149,7 +254,7 @@ class _Totals:
             self.has_truth = True
             self.correct += np.bincount(predicted[predicted == truth], minlength=n)
 
-    def per_class(self, names, plan, min_confidence):
+    def per_class(self, names, plan, cut):
         rows = []
         for c, name in enumerate(names):
             truncated = plan.per_class and plan.candidates[c] > plan.per_class
@@ -160,7 +265,8 @@ class _Totals:
                    # K less what was written: left unfilled by --max_copies
                    "quota_unfilled": int(plan.unfilled[c]),
                    # the lowest confidence kept where K cut the class, else the filter's
-                   "cutoff": float(self.lowest[c]) if truncated else float(min_confidence)}
+                   "cutoff": _finite(float(self.lowest[c]) if truncated
+                                     else cut.of_class(c))}
             if self.has_truth:
                 row["accuracy_selected"] = (float(self.correct[c] / self.selected[c])
                                             if self.selected[c] else None)
@@ -195,25 +301,26 @@ def _agreement(split, read, num_classes):
     return {"agreement_with_dataset_labels": correct / max(total, 1)}
 
 
-def _selected_rows(shard, plan, config):
+def _selected_rows(shard, plan, cut):
     """index, copies, predicted, confidence of the shard's selected rows, in order."""
     parts = {"index": [], "copies": [], "predicted": [], "confidence": []}
-    for chunk in shard.chunks():
+    for chunk in cut.chunks(shard):
         n = plan.copies(chunk["predicted"], chunk["confidence"], chunk["index"],
-                        config.min_confidence)
+                        cut.threshold)
         chunk["copies"] = n
         for key, values in parts.items():
             values.append(chunk[key][n > 0])
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-def _labels(shard, plan, config):
+def _labels(shard, plan, config, cut):
     """(index, label, confidence, class, copies) of each selected row, in order."""
-    for chunk in shard.chunks(("index", "predicted", "confidence", "logits")):
+    for chunk in cut.chunks(shard, ("index", "predicted", "confidence", "logits")):
         n = plan.copies(chunk["predicted"], chunk["confidence"], chunk["index"],
-                        config.min_confidence)
+                        cut.threshold)
         keep = n > 0
-        labels = soften(chunk["logits"][keep], config.temperature, config.hard)
+        labels = soften(chunk["logits"][keep], config.temperature * cut.calibration,
+                        config.hard)
         yield from zip(chunk["index"][keep], labels, chunk["confidence"][keep],
                        chunk["predicted"][keep], n[keep])
 
@@ -232,10 +339,10 @@ def _images(split, indices, batch=1024):
     yield from ds.batch(batch).prefetch(2).as_numpy_iterator()
 
 
-def _write_output(split, shard, plan, config, out_dir, settings, totals):
+def _write_output(split, shard, plan, config, out_dir, settings, totals, cut):
     """Label shard -> output shard: selected records through an external shuffle."""
     record_path, stats_path = output_paths(out_dir, shard.index, shard.num_shards)
-    rows = _selected_rows(shard, plan, config)
+    rows = _selected_rows(shard, plan, cut)
     index, copies = rows["index"], rows["copies"]
     rng = np.random.default_rng([settings["seed"], shard.index, shard.num_shards])
     buckets = int(np.clip(math.ceil(len(index) / BUCKET_RECORDS), 1, MAX_BUCKETS))
@@ -246,7 +353,7 @@ def _write_output(split, shard, plan, config, out_dir, settings, totals):
     writers = [tf.io.TFRecordWriter(os.path.join(scratch, f"{b}.tfrecord"))
                for b in range(buckets)]
     truth = split.labels if split.has_labels else None
-    rows_out = _labels(shard, plan, config)
+    rows_out = _labels(shard, plan, config, cut)
     for images, indices in _images(split, index):
         for image, i, b in zip(images, indices, bucket_of[:len(indices)]):
             j, label, confidence, predicted, n = next(rows_out)
@@ -283,7 +390,8 @@ def class_table(stats):
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in stats["classes"]:
         line = (f"| {r['class']} | {r['predicted']} | {r['above_threshold']} | "
-                f"{r['selected']} | {r['copies']} | {r['cutoff']:.3f} |")
+                f"{r['selected']} | {r['copies']} | "
+                f"{'none kept' if r['cutoff'] is None else format(r['cutoff'], '.3f')} |")
         if accuracy:
             a = r.get("accuracy_selected")
             line += " - |" if a is None else f" {a:.3f} |"

@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from nstudent import data, export
+from nstudent.errors import InputError
 from nstudent.training import distribute
 from nstudent.training.backup import StageBackup, backup_dir
 from nstudent.training.batchnorm import recalibrate_batch_norm
@@ -130,10 +131,65 @@ class StageRun:
         metrics = self.report(network, history, epoch_seconds, images_per_step, steps, dict(
             metrics, test_top1=float(scores["top1"]), test_top5=float(scores["top5"]),
             test_examples=len(stage_data.test), bn_recalibration_batches=bn_batches))
-        return self.publish(metrics, lambda: export.write_run(
-            self.out_dir, network, self.model_config, stage_data.info, metrics,
-            input_config.eval_crop_fraction), "Test top-1 %.4f, top-5 %.4f" % (
-                metrics["test_top1"], metrics["test_top5"]))
+
+        def write():
+            temperature = self.assess(network, metrics)
+            export.write_run(self.out_dir, network, self.model_config, stage_data.info,
+                             metrics, input_config.eval_crop_fraction,
+                             temperature=temperature, held_out=stage_data.held_out())
+
+        return self.publish(metrics, write, "Test top-1 %.4f, top-5 %.4f" % (
+            metrics["test_top1"], metrics["test_top5"]))
+
+    def assess(self, network, metrics):
+        """Before the exports (the chief): the test split's confusion matrix and
+        reliability diagram (PNGs) and its ECE, NLL and Brier in `metrics`; with
+        --calibration=temperature, T fitted on the held-out labeled images (never the
+        training or test images) and the figures again with it. Returns T (None: not
+        calibrated)."""
+        from nstudent.evaluation import calibration, pictures
+
+        sd, config, out = self.stage_data, self.input_config, self.out_dir
+        os.makedirs(out, exist_ok=True)
+        logits, labels = calibration.network_logits(network, data.eval_dataset(
+            sd.test.dataset(), sd.info.num_classes, config))
+        name = f"{os.path.basename(os.path.normpath(out))} ({self.stage})"
+        pictures.confusion_png(
+            pictures.confusion_matrix(labels, logits.argmax(1), sd.info.num_classes),
+            list(sd.info.class_names), os.path.join(out, "confusion.png"), name)
+        before = calibration.calibration_figures(logits, labels)
+        metrics["test_calibration"] = before
+        calibration.reliability_diagram(calibration.softmax(logits), labels,
+                                        os.path.join(out, "reliability.png"),
+                                        f"{name}: softmax")
+        pngs = {"test/confusion": os.path.join(out, "confusion.png"),
+                "test/reliability": os.path.join(out, "reliability.png")}
+        if self.train_config.calibration != "temperature":
+            pictures.to_tensorboard(os.path.join(out, "logs"), pngs)
+            return None
+        held = sd.validation_indices
+        if not len(held):
+            raise InputError("--calibration=temperature needs labeled images held out from "
+                             "training: set --validation_fraction.")
+        held_logits, held_labels = calibration.network_logits(network, data.eval_dataset(
+            sd.train.dataset(held), sd.info.num_classes, config))
+        t = calibration.fit_temperature(held_logits, held_labels)
+        after = calibration.calibration_figures(logits, labels, t)
+        metrics["calibration"] = {
+            "method": "temperature", "temperature": t, "fitted_on": sd.held_out(),
+            "held_out_before": calibration.calibration_figures(held_logits, held_labels),
+            "held_out_after": calibration.calibration_figures(held_logits, held_labels, t),
+            "test_before": before, "test_after": after}
+        pngs["test/reliability_calibrated"] = calibration.reliability_diagram(
+            calibration.softmax(logits, t), labels,
+            os.path.join(out, "reliability_calibrated.png"),
+            f"{name}: softmax(logits / {t:.3f})")
+        pictures.to_tensorboard(os.path.join(out, "logs"), pngs)
+        logging.info("Calibration: T=%.4f fitted on %d held-out images; test ECE %.4f -> "
+                     "%.4f, NLL %.4f -> %.4f, Brier %.4f -> %.4f (%d images).", t, len(held),
+                     before["ece"], after["ece"], before["nll"], after["nll"],
+                     before["brier"], after["brier"], after["examples"])
+        return t
 
     def report(self, network, history, epoch_seconds, images_per_step, steps, metrics):
         """metrics.json: the stage's own `metrics` and what every stage records."""

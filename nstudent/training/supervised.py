@@ -14,6 +14,9 @@ from nstudent.errors import InputError
 from nstudent.training.optim import optimizer_for
 
 
+CALIBRATIONS = ("none", "temperature")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
@@ -30,6 +33,7 @@ class TrainConfig:
     eval_every_epochs: int = 0  # 0: no validation during training
     backup_every_steps: int = 0  # 0: back up at the end of each epoch only
     total_steps: int = 0  # > 0: exactly this many steps, whatever an epoch holds
+    calibration: str = "none"  # temperature: fit T on the held-out labels at the end
 
     def __post_init__(self):
         if self.grad_accum_steps < 1:
@@ -40,6 +44,9 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise InputError(f"--label_smoothing must be in [0, 1), got "
                              f"{self.label_smoothing}.")
+        if self.calibration not in CALIBRATIONS:
+            raise InputError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got "
+                             f"{self.calibration!r}.")
         for name in ("eval_every_epochs", "backup_every_steps", "epochs", "total_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name} must not be negative.")
@@ -63,7 +70,7 @@ class TrainConfig:
         (How often to back up or validate does not change it.)"""
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("eval_every_epochs", "backup_every_steps",
-                             "bn_recalibration_batches", "jit_compile")}
+                             "bn_recalibration_batches", "jit_compile", "calibration")}
 
     def report(self):
         return dataclasses.asdict(self)

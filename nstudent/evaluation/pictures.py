@@ -1,0 +1,65 @@
+"""Pictures people would rather look at than read: the confusion matrix of a classifier
+on the test split. PNGs through matplotlib (Agg), written whole (temporary name, then
+renamed)."""
+
+import os
+
+import numpy as np
+
+
+def confusion_matrix(labels, predicted, num_classes):
+    """int64 [true, predicted] counts."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
+    return counts
+
+
+def save_figure(fig, path):
+    import matplotlib.pyplot as plt
+
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def confusion_png(counts, class_names, path, title):
+    """Rows: the true class, normalised to sum 1 (the recall sits on the diagonal);
+    each cell shows its share, the row its count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = counts / np.maximum(rows, 1)
+    side = max(4.0, 0.55 * n + 2.0)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center",
+                            fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), [f"{c} ({int(r)})" for c, r in zip(class_names, rows[:, 0])],
+                  fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (test images)")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"{title}\ntop-1 {accuracy:.4f} on {int(counts.sum())} images", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def to_tensorboard(log_dir, pngs, step=0):
+    """PNG files as TensorBoard image summaries: {tag: path}."""
+    import tensorflow as tf
+
+    with tf.summary.create_file_writer(log_dir).as_default():
+        for tag, path in pngs.items():
+            png = tf.io.decode_png(tf.io.read_file(path), channels=3)
+            tf.summary.image(tag, png[None], step=step)
