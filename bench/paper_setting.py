@@ -133,10 +133,11 @@ def read_results(path):
 
 
 class Grid:
-    """Builds each row's model (and what it needs) in --out, seed by seed."""
+    """Builds each row's model (and what it needs) in --out, seed by seed. `recorded`:
+    the (row, seed) pairs with a result line of the current settings."""
 
-    def __init__(self, out):
-        self.out = out
+    def __init__(self, out, recorded=()):
+        self.out, self.recorded = out, set(recorded)
 
     def _dir(self, row, seed):
         return os.path.join(self.out, f"seed{seed}", row.name)
@@ -183,6 +184,15 @@ class Grid:
         return out
 
     def pseudo_labels(self, teacher_row, seed, label_flags):
+        teacher_dir = self._dir(teacher_row, seed)
+        if ((teacher_row.name, seed) in self.recorded
+                and not os.path.exists(os.path.join(teacher_dir, "metrics.json"))):
+            # training it again would pair this student with another teacher than the
+            # one whose score is recorded
+            raise app.UsageError(
+                f"{teacher_row.name} seed {seed} has a result line but its model is gone "
+                f"from {teacher_dir}: restore --out, or delete that row's lines from "
+                f"{FLAGS.results} so that it is trained (and recorded) again.")
         teacher = self.model(teacher_row, seed)
         name = "-".join(f.lstrip("-") for f in label_flags) or "soft"
         out = os.path.join(self.out, f"seed{seed}", f"labels_{name}_by_{teacher_row.name}")
@@ -231,7 +241,9 @@ def result_line(row, seed, model_dir, settings):
 def run_grid():
     os.makedirs(os.path.dirname(FLAGS.results), exist_ok=True)
     done = {(r["row"], r["seed"], r["settings_key"]) for r in read_results(FLAGS.results)}
-    grid, start = Grid(os.path.abspath(FLAGS.out)), time.time()
+    recorded = [(name, seed) for name, seed, key in done
+                if name in BY_NAME and key == settings_key(_settings(BY_NAME[name]))]
+    grid, start = Grid(os.path.abspath(FLAGS.out), recorded), time.time()
     unknown = [n for n in FLAGS.rows if n not in BY_NAME]
     if unknown:
         raise app.UsageError(f"--rows: unknown {', '.join(unknown)}; rows: "

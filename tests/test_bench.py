@@ -84,6 +84,12 @@ def test_paper_setting_rows_are_recorded_skipped_and_rendered(tmp_path, toy_fold
     text = (tmp_path / "RESULTS.md").read_text()
     assert "hand-written" in text and "| student, same size, from scratch |" in text
     assert "| student_same - teacher | 1 |" in text
+    # a recorded teacher whose model is gone is not trained again under its students
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "seed0" / "teacher")
+    lost = _paper(tmp_path, toy_folder, "--rows=hard_labels", "--seeds=0")
+    assert lost.returncode != 0 and "has a result line but its model is gone" in lost.stderr
 
 
 def test_paper_setting_mean_std_and_paired_differences():
