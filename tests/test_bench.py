@@ -119,3 +119,31 @@ print(json.dumps(out))
     assert [round(d, 6) for d in diffs] == [0.02, 0.03, 0.05]
     assert abs(mean - 0.1 / 3) < 1e-9 and abs(std - 0.0152753) < 1e-6 and counts
     assert not out["worse"][3]  # differences 0.02, 0.03, -0.10: no longer counts
+
+
+def test_trust_results_rows_on_a_small_slice(tmp_path):
+    """bench/trust_results.py on 600 train images: the folders (two classes only in the
+    unlabeled pool), a calibrated teacher, three cut-offs, their students, the table."""
+    args = [sys.executable, os.path.join(ROOT, "bench", "trust_results.py"),
+            f"--out={tmp_path / 'runs'}", f"--results={tmp_path / 'trust.jsonl'}",
+            f"--results_md={tmp_path / 'RESULTS.md'}", "--max_train_images=600",
+            "--labels_per_class=10", "--teacher_epochs=1", "--student_steps=2",
+            "--min_precision=0.5", "--flags=--width_scale=0.25,--depth_scale=0.25,"
+            "--image_size=16,--batch_size=2,--unlabeled_ratio=1,"
+            "--bn_recalibration_batches=2,--min_precision_count=1"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(x) for x in open(tmp_path / "trust.jsonl")]
+    assert [x["row"] for x in lines] == ["raw_0.3", "calibrated_0.3", "precision"]
+    classes = json.load(open(tmp_path / "runs" / "seed0" / "data" / "classes.json"))
+    assert len(classes) == 600 - 80 and classes.count("bag") > 0  # 8 classes x 10 labeled
+    assert not os.path.exists(tmp_path / "runs" / "seed0" / "data" / "labeled" / "train" / "bag")
+    for x in lines:
+        assert 0 <= x["kept_out_of_domain"] <= x["images_kept"] <= len(classes)
+        assert x["student_steps"] == 2 and 0 <= x["student_top1"] <= 1
+    (tmp_path / "RESULTS.md").write_text("# Results\n")
+    written = subprocess.run(args + ["--write"], capture_output=True, text=True, timeout=300,
+                             env=env)
+    assert written.returncode == 0, written.stderr[-3000:]
+    assert "| 0.3 on the calibrated softmax | 1 |" in (tmp_path / "RESULTS.md").read_text()

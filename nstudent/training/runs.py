@@ -174,6 +174,10 @@ class StageRun:
         held_logits, held_labels = calibration.network_logits(network, data.eval_dataset(
             sd.train.dataset(held), sd.info.num_classes, config))
         t = calibration.fit_temperature(held_logits, held_labels)
+        if not 1.01 * calibration.T_RANGE[0] < t < 0.99 * calibration.T_RANGE[1]:
+            logging.warning("Calibration: T=%.3f is at the end of the range searched %s; "
+                            "the logits are far off a calibrated scale (%d held-out "
+                            "images).", t, calibration.T_RANGE, len(held))
         after = calibration.calibration_figures(logits, labels, t)
         metrics["calibration"] = {
             "method": "temperature", "temperature": t, "fitted_on": sd.held_out(),
