@@ -321,7 +321,7 @@ def render(results):
             f"{rs[0]['steps']:,} | {rs[0]['images_seen'] / 1e6:.2f}M | "
             f"{', '.join(str(r['minutes']) for r in rs)} |")
     lines += ["", "| paired difference (points of test top-1) | seeds | mean ± std | "
-              "counts (mean > 2 SE) |", "|---|---|---|---|"]
+              "counts (mean beyond 2 SE) |", "|---|---|---|---|"]
     for a, b in COMPARISONS:
         diffs, mean, std, counts = paired(results, a, b)
         if not diffs:
