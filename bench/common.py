@@ -20,6 +20,14 @@ def read_metrics(run_dir):
         return json.load(f)
 
 
+def read_jsonl(path):
+    """A committed results file: one dict per non-empty line; [] when it is not there."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def machine():
     return {"cpus": os.cpu_count(), "machine": platform.machine()}
 

@@ -26,7 +26,7 @@ import time
 
 from absl import app, flags, logging
 
-from common import ROOT, read_metrics, run_tool, write_results_block
+from common import ROOT, read_jsonl, read_metrics, run_tool, write_results_block
 
 flags.DEFINE_string("out", "runs/paper_setting", "Folder for the runs (not committed).")
 flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "paper_setting.jsonl"),
@@ -123,13 +123,6 @@ def _settings(row):
 
 def settings_key(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def read_results(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 class Grid:
@@ -240,7 +233,7 @@ def result_line(row, seed, model_dir, settings):
 
 def run_grid():
     os.makedirs(os.path.dirname(FLAGS.results), exist_ok=True)
-    done = {(r["row"], r["seed"], r["settings_key"]) for r in read_results(FLAGS.results)}
+    done = {(r["row"], r["seed"], r["settings_key"]) for r in read_jsonl(FLAGS.results)}
     recorded = [(name, seed) for name, seed, key in done
                 if name in BY_NAME and key == settings_key(_settings(BY_NAME[name]))]
     grid, start = Grid(os.path.abspath(FLAGS.out), recorded), time.time()
@@ -346,7 +339,7 @@ def main(argv):
     del argv
     if not FLAGS.write:
         run_grid()
-    block = render(read_results(FLAGS.results))
+    block = render(read_jsonl(FLAGS.results))
     print(block)
     if FLAGS.write:
         write_results_block(BEGIN, END, block, FLAGS.results_md)

@@ -27,7 +27,7 @@ import re
 import numpy as np
 from absl import app, flags, logging
 
-from common import ROOT, read_metrics, run_tool, write_results_block
+from common import ROOT, read_jsonl, read_metrics, run_tool, write_results_block
 
 flags.DEFINE_string("out", "runs/trust", "Folder for the runs (not committed).")
 flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "trust.jsonl"),
@@ -215,21 +215,14 @@ def main(argv):
     del argv
     if not FLAGS.write:
         os.makedirs(os.path.dirname(FLAGS.results), exist_ok=True)
-        done = {(r["row"], r["seed"]) for r in _read(FLAGS.results)}
+        done = {(r["row"], r["seed"]) for r in read_jsonl(FLAGS.results)}
         for seed in FLAGS.seeds:
             logging.info("=== seed %s ===", seed)
             run_seed(int(seed), done)
-    block = render(_read(FLAGS.results))
+    block = render(read_jsonl(FLAGS.results))
     print(block)
     if FLAGS.write:
         write_results_block(BEGIN, END, block, FLAGS.results_md)
-
-
-def _read(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 if __name__ == "__main__":
