@@ -1,5 +1,6 @@
 """What the benchmarks share: running a tool from the repository root, reading its run."""
 
+import collections
 import json
 import os
 import platform
@@ -9,10 +10,31 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class ToolRefused(Exception):
+    """A tool exited 2: it refused its input with a one-line `error:` message, which a
+    bench may record as the row's outcome (a cut-off that keeps too few images)."""
+
+    def __init__(self, name, message):
+        super().__init__(f"{name}: {message}")
+        self.message = message
+
+
 def run_tool(name, *args):
-    """Runs tools/<name> from the repository root (flagfiles name paths from there)."""
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], check=True,
-                   cwd=ROOT)
+    """Runs tools/<name> from the repository root (flagfiles name paths from there),
+    passing its stderr through. Exit 2 raises ToolRefused with the tool's message; any
+    other failure raises CalledProcessError with the end of its stderr."""
+    command = [sys.executable, os.path.join(ROOT, "tools", name), *args]
+    tail = collections.deque(maxlen=40)
+    with subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True) as process:
+        for line in process.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+    if process.returncode == 2:
+        errors = [line for line in tail if line.startswith("error:")]
+        raise ToolRefused(name, (errors or list(tail) or ["exit 2"])[-1].strip())
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command,
+                                            stderr="".join(tail))
 
 
 def read_metrics(run_dir):

@@ -27,7 +27,8 @@ import re
 import numpy as np
 from absl import app, flags, logging
 
-from common import ROOT, read_jsonl, read_metrics, run_tool, write_results_block
+from common import (ROOT, ToolRefused, read_jsonl, read_metrics, run_tool,
+                    write_results_block)
 
 flags.DEFINE_string("out", "runs/trust", "Folder for the runs (not committed).")
 flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "trust.jsonl"),
@@ -140,9 +141,16 @@ def run_seed(seed, done):
         stats = json.load(open(os.path.join(labels, "stats.json")))
         kept = _kept(labels, hidden, names)
         student = os.path.join(root, f"student_{row}")
-        _tool("train.py", student, *base, *cut, *STUDENT, f"--pseudo_labels={labels}",
-              f"--student_steps={FLAGS.student_steps}", *FLAGS.flags)
-        s = read_metrics(student)
+        try:
+            _tool("train.py", student, *base, *cut, *STUDENT, f"--pseudo_labels={labels}",
+                  f"--student_steps={FLAGS.student_steps}", *FLAGS.flags)
+            s = read_metrics(student)
+            trained = {"student_top1": round(s["test_top1"], 4),
+                       "student_steps": s["optimizer_iterations"]}
+        except ToolRefused as e:  # a cut-off that keeps too few images is an outcome
+            logging.warning("No student for %s, seed %d: %s", row, seed, e.message)
+            trained = {"student_top1": None, "student_steps": 0,
+                       "student_refused": e.message}
         line = {"row": row, "seed": seed, "images_kept": stats["distinct_images"],
                 "records": stats["records"], **kept,
                 "teacher_top1": round(t["test_top1"], 4),
@@ -150,8 +158,7 @@ def run_seed(seed, done):
                 "teacher_ece_calibrated": round(t["calibration"]["test_after"]["ece"], 4),
                 "temperature": round(t["calibration"]["temperature"], 4),
                 "test_images": t["calibration"]["test_after"]["examples"],
-                "student_top1": round(s["test_top1"], 4),
-                "student_steps": s["optimizer_iterations"],
+                **trained,
                 "settings": {"labels_per_class": FLAGS.labels_per_class,
                              "held_out_classes": FLAGS.held_out_classes,
                              "validation_fraction": FLAGS.validation_fraction,
@@ -190,9 +197,12 @@ def render(results):
              "|---|---|---|---|---|---|"]
 
     def stat(rs, key, digits=4):
-        v = np.array([r[key] for r in rs], np.float64)
-        return (f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1
-                                            else ""))
+        v = np.array([r[key] for r in rs if r[key] is not None], np.float64)
+        text = "" if not len(v) else f"{v.mean():.{digits}f}" + (
+            f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "")
+        if len(v) < len(rs):  # seeds whose cut-off kept too few images for a student
+            text += f" (no student in {len(rs) - len(v)} of {len(rs)}: too few kept)"
+        return text.strip()
 
     for row, what, _ in CUTS:
         rs = rows.get(row, [])

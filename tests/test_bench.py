@@ -141,9 +141,52 @@ def test_trust_results_rows_on_a_small_slice(tmp_path):
     assert not os.path.exists(tmp_path / "runs" / "seed0" / "data" / "labeled" / "train" / "bag")
     for x in lines:
         assert 0 <= x["kept_out_of_domain"] <= x["images_kept"] <= len(classes)
-        assert x["student_steps"] == 2 and 0 <= x["student_top1"] <= 1
+        if x["student_top1"] is None:  # the 1-epoch teacher's precision cut-off kept < 2
+            assert x["row"] == "precision" and x["student_steps"] == 0
+            assert "pseudo batch" in x["student_refused"]
+        else:
+            assert x["student_steps"] == 2 and 0 <= x["student_top1"] <= 1
     (tmp_path / "RESULTS.md").write_text("# Results\n")
     written = subprocess.run(args + ["--write"], capture_output=True, text=True, timeout=300,
                              env=env)
     assert written.returncode == 0, written.stderr[-3000:]
     assert "| 0.3 on the calibrated softmax | 1 |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_a_refused_tool_is_an_outcome_and_the_table_says_so():
+    """run_tool turns a tool's exit 2 into ToolRefused with its one-line message (a bug's
+    traceback stays a CalledProcessError); the trust table counts seeds with no student."""
+    script = """
+import json, subprocess, sys
+sys.path.insert(0, "bench")
+import common, trust_results as t
+out = {}
+try:
+    common.run_tool("predict.py", "--model=/nonexistent", "--input=folder:/nonexistent",
+                    "--output=/nonexistent/p.csv", "--top_k=0")
+except common.ToolRefused as e:
+    out["refused"] = e.message
+try:
+    common.run_tool("predict.py", "--no_such_flag_at_all")  # absl: exit 1
+except common.ToolRefused as e:
+    out["flag"] = e.message
+except subprocess.CalledProcessError as e:
+    out["flag_rc"] = e.returncode
+row = {"images_kept": 1, "kept_accuracy": 1.0, "kept_out_of_domain": 0, "teacher_top1": 0.5,
+       "teacher_ece": 0.1, "teacher_ece_calibrated": 0.1, "temperature": 1.0,
+       "test_images": 9}
+rows = [dict(row, row="precision", seed=0, student_top1=0.5),
+        dict(row, row="precision", seed=1, student_top1=0.7),
+        dict(row, row="precision", seed=2, student_top1=None)]
+out["table"] = t.render(rows)
+print(json.dumps(out))
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["refused"].startswith("error:") and "top_k" in out["refused"]
+    assert "flag" not in out and out["flag_rc"] == 1
+    # student top-1 over the two seeds that had one: 0.6 ± 0.1414 (numpy std, ddof=1)
+    assert "| 0.6000 ± 0.1414 (no student in 1 of 3: too few kept) |" in out["table"]
