@@ -26,9 +26,14 @@ import re
 
 import numpy as np
 from absl import app, flags, logging
-
-from common import (ROOT, ToolRefused, read_jsonl, read_metrics, run_tool,
-                    write_results_block)
+from common import (
+    ROOT,
+    ToolRefused,
+    read_jsonl,
+    read_metrics,
+    run_tool,
+    write_results_block,
+)
 
 flags.DEFINE_string("out", "runs/trust", "Folder for the runs (not committed).")
 flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "trust.jsonl"),
