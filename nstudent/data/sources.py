@@ -49,7 +49,7 @@ class Split:
     """
 
     name: str
-    labels: np.ndarray  # int64 [N]; UNLABELED where the source has no label
+    labels: np.ndarray  # int64 [N] (multi-label: multi-hot [N, C]); UNLABELED: no label
     read: Callable
     decode: Callable
     to_bytes: Optional[Callable] = None
@@ -131,6 +131,7 @@ class DatasetInfo:
     channels: int
     class_names: tuple
     image_size: Optional[int] = None  # native side length where all images share one
+    task: str = "multiclass"  # multilabel: labels are multi-hot rows [N, classes]
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -388,10 +389,86 @@ def image_folder(root, split_names, channels=3, skip_corrupt=False, verify=False
     return info, splits
 
 
+# --- Multi-label folders: <root>/<split>/ with a labels file per split ---
+
+LABELS_SEPARATOR = ";"
+
+
+def read_labels_file(split_dir, labels_file):
+    """(paths, class lists) from <split_dir>/<labels_file>: CSV rows `path,classes`,
+    the path relative to the split folder, the classes separated by ';' (empty: no
+    class present); an optional first row `path,labels` is a header."""
+    import csv
+
+    path = os.path.join(split_dir, labels_file)
+    if not os.path.isfile(path):
+        raise DataError(f"No labels file {path} (--labels_file names it inside every "
+                        "split folder).")
+    paths, classes = [], []
+    with open(path, newline="") as f:
+        for line, row in enumerate(csv.reader(f), 1):
+            if not row or (line == 1 and [c.strip().lower() for c in row] == ["path",
+                                                                              "labels"]):
+                continue
+            if len(row) > 2:
+                raise DataError(f"{path}, line {line}: expected `path,class;class`, got "
+                                f"{len(row)} fields (separate classes with ';').")
+            image = os.path.join(split_dir, row[0].strip())
+            if not os.path.isfile(image):
+                raise DataError(f"{path}, line {line}: no image {image}.")
+            names = [c.strip() for c in (row[1] if len(row) > 1 else "").split(
+                LABELS_SEPARATOR) if c.strip()]
+            paths.append(image)
+            classes.append(names)
+    if not paths:
+        raise DataError(f"{path} lists no images.")
+    return paths, classes
+
+
+def multi_hot(class_lists, class_names, where):
+    """int64 [N, C] rows from lists of class names; an unknown name fails, named."""
+    index = {name: c for c, name in enumerate(class_names)}
+    labels = np.zeros((len(class_lists), len(class_names)), np.int64)
+    for i, names in enumerate(class_lists):
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise DataError(f"{where}: image {i} names unknown class(es) {unknown}; the "
+                            f"classes are {list(class_names)}.")
+        labels[i, [index[n] for n in names]] = 1
+    return labels
+
+
+def multilabel_folder(root, split_names, labels_file, channels=3, skip_corrupt=False,
+                      verify=False):
+    """Indexes root/<split>/ from each split's labels file; the classes are those the
+    first split names (sorted); another split naming one it lacks fails."""
+    if not os.path.isdir(root):
+        raise DataError(f"Image folder {root!r} does not exist.")
+    class_names, splits = None, {}
+    for split in split_names:
+        split_dir = os.path.join(root, split)
+        paths, class_lists = read_labels_file(split_dir, labels_file)
+        if class_names is None:
+            class_names = tuple(sorted({n for names in class_lists for n in names}))
+            if len(class_names) < 2:
+                raise DataError(f"{split_dir}/{labels_file} names {len(class_names)} "
+                                "class(es); a multi-label set needs at least two.")
+        labels = multi_hot(class_lists, class_names, os.path.join(split_dir, labels_file))
+        logging.info("%s: %d images, %d classes, %.2f labels per image (decoded while "
+                     "streaming).", split_dir, len(paths), len(class_names),
+                     labels.sum() / len(labels))
+        splits[split] = folder_split(split, paths, labels, channels, skip_corrupt, verify,
+                                     split_dir)
+    info = DatasetInfo(os.path.basename(os.path.normpath(root)), len(class_names),
+                       channels, class_names, task="multilabel")
+    return info, splits
+
+
 # --- TFRecords: <dir>/<split>*.tfrecord* with 'image' (encoded) and 'label' ---
 
 IMAGE_FEATURE = {"image": tf.io.FixedLenFeature([], tf.string)}
 LABEL_FEATURE = {"label": tf.io.FixedLenFeature([], tf.int64)}
+LABELS_FEATURE = {"labels": tf.io.VarLenFeature(tf.int64)}  # multi-label: class indices
 
 
 def _first_example_keys(files):
@@ -418,8 +495,17 @@ def _read_records(files, what):
                         f"{str(e).splitlines()[0][:200]}") from None
 
 
-def tfrecords(directory, split_names, channels=3, num_classes=0):
-    """Reads TFRecords; class count from --num_classes, dataset_info.json or the labels."""
+def _read_label_lists(files):
+    """Each record's `labels` (int64 class indices, any count) as a list of arrays."""
+    parsed = tf.data.TFRecordDataset(files).map(
+        lambda r: tf.sparse.to_dense(tf.io.parse_single_example(r, LABELS_FEATURE)["labels"]))
+    return list(parsed.as_numpy_iterator())
+
+
+def tfrecords(directory, split_names, channels=3, num_classes=0, task="multiclass"):
+    """Reads TFRecords; class count from --num_classes, dataset_info.json or the labels.
+    Multi-label records carry an int64 list `labels` (the classes present) instead of
+    `label`."""
     if not os.path.isdir(directory):
         raise DataError(f"TFRecord folder {directory!r} does not exist.")
     info_path = os.path.join(directory, DATASET_INFO_FILE)
@@ -427,37 +513,74 @@ def tfrecords(directory, split_names, channels=3, num_classes=0):
     if os.path.exists(info_path):
         with open(info_path) as f:
             meta = json.load(f)
-    splits = {}
-    all_labels = []
+    multilabel = task == "multilabel"
+    files_of, all_labels = {}, []
     for split in split_names:
         files = sorted(glob.glob(os.path.join(directory, f"{split}*.tfrecord*")))
         if not files:
             raise DataError(f"No {split}*.tfrecord* files in {directory}.")
-        labels = _read_records(files, lambda: np.fromiter(  # labels only, read once
-            tf.data.TFRecordDataset(files).map(
-                lambda r: tf.io.parse_single_example(r, LABEL_FEATURE)["label"]
-            ).as_numpy_iterator(), np.int64))
+        if multilabel:
+            keys = _read_records(files, lambda: _first_example_keys(files))
+            if "labels" not in keys:
+                raise DataError(f"{files[0]}: a multi-label run needs an int64 list "
+                                f"feature 'labels'; the records have "
+                                f"{', '.join(sorted(keys)) or 'none'}.")
+            labels = _read_records(files, lambda: _read_label_lists(files))
+        else:
+            labels = _read_records(files, lambda: np.fromiter(  # labels only, read once
+                tf.data.TFRecordDataset(files).map(
+                    lambda r: tf.io.parse_single_example(r, LABEL_FEATURE)["label"]
+                ).as_numpy_iterator(), np.int64))
+        files_of[split] = files
         all_labels.append(labels)
-        splits[split] = _tfrecord_split(split, files, channels, labels)
+    flat = [(np.concatenate(l) if l else np.zeros(0, np.int64)) if multilabel else l
+            for l in all_labels]
     num_classes = num_classes or meta.get("num_classes") or int(
-        max(l.max() for l in all_labels if l.size) + 1)
-    for split, labels in zip(split_names, all_labels):
+        max((l.max() for l in flat if l.size), default=0) + 1)
+    for split, labels in zip(split_names, flat):
         check_labels(labels, num_classes, f"{directory} ({split})")
     names = tuple(meta.get("class_names") or (str(i) for i in range(num_classes)))
+    splits = {}
+    for split, labels in zip(split_names, all_labels):
+        if multilabel:
+            labels = multi_hot([[names[int(c)] for c in row] for row in labels], names,
+                               f"{directory} ({split})")
+        splits[split] = _tfrecord_split(split, files_of[split], channels, labels)
     return DatasetInfo(os.path.basename(os.path.normpath(directory)), num_classes,
-                       channels, names, meta.get("image_size")), splits
+                       channels, names, meta.get("image_size"), task), splits
+
+
+TASKS = ("multiclass", "multilabel")
 
 
 def load(spec, split_names=("train", "test"), *, channels=3, num_classes=0,
-         tfds_data_dir=None, tfds_download=False, skip_corrupt=False, verify=False):
+         tfds_data_dir=None, tfds_download=False, skip_corrupt=False, verify=False,
+         task="multiclass", labels_file=""):
     """Opens a labeled dataset named by `spec`.
 
     fashion_mnist        the embedded default (Debian's files, else a prepared TFDS copy)
     tfds:NAME            any TFDS image classification dataset
-    folder:PATH          PATH/<split>/<class>/<image files>
+    folder:PATH          PATH/<split>/<class>/<image files>; multi-label:
+                         PATH/<split>/<labels_file> naming each image's classes
     tfrecord:PATH        PATH/<split>*.tfrecord* with 'image' bytes and 'label' int64
+                         (multi-label: an int64 list 'labels')
     """
     kind, _, arg = spec.partition(":")
+    if task not in TASKS:
+        raise DataError(f"--task must be one of {', '.join(TASKS)}, got {task!r}.")
+    if labels_file and task != "multilabel":
+        raise DataError("--labels_file is for --task=multilabel.")
+    if task == "multilabel":
+        if kind == "folder" and arg:
+            if not labels_file:
+                raise DataError("--task=multilabel on a folder needs --labels_file (each "
+                                "split folder's CSV of `path,class;class`).")
+            return multilabel_folder(arg, split_names, labels_file, channels,
+                                     skip_corrupt, verify)
+        if kind == "tfrecord" and arg:
+            return tfrecords(arg, split_names, channels, num_classes, task)
+        raise DataError(f"--task=multilabel reads folder:PATH with --labels_file or "
+                        f"tfrecord:PATH with a 'labels' list, not {spec!r}.")
     if spec == "fashion_mnist":
         return fashion_mnist(split_names, tfds_data_dir=tfds_data_dir)
     if kind == "tfds" and arg:

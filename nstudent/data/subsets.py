@@ -14,6 +14,8 @@ def split_labeled(labels, num_classes, labels_per_class, seed):
     labels = np.asarray(labels)
     if labels_per_class <= 0:
         return np.arange(len(labels)), np.arange(0)
+    if labels.ndim == 2:
+        return _split_multilabel(labels, labels_per_class, seed)
     rng = np.random.default_rng(seed)
     chosen = []
     for c in range(num_classes):
@@ -28,6 +30,33 @@ def split_labeled(labels, num_classes, labels_per_class, seed):
     return labeled, unlabeled
 
 
+def _split_multilabel(labels, labels_per_class, seed):
+    """Multi-hot labels [N, C]: images in a seeded order, each kept when it is a
+    positive of a class still short of `labels_per_class`, until none is short.
+    Frequent classes end above K (an image brings all its labels)."""
+    totals = labels.sum(axis=0)
+    short = np.flatnonzero(totals < labels_per_class)
+    if short.size:
+        c = int(short[0])
+        raise DataError(f"--labels_per_class={labels_per_class} but class {c} has only "
+                        f"{int(totals[c])} positive training examples.")
+    counts = np.zeros(labels.shape[1], np.int64)
+    chosen = []
+    for i in np.random.default_rng(seed).permutation(len(labels)):
+        if np.any((labels[i] > 0) & (counts < labels_per_class)):
+            chosen.append(i)
+            counts += labels[i] > 0
+            if np.all(counts >= labels_per_class):
+                break
+    labeled = np.sort(np.asarray(chosen, np.int64))
+    return labeled, np.setdiff1d(np.arange(len(labels)), labeled)
+
+
+def positives_per_class(labels, indices):
+    """Multi-label: how many of `indices` are positives of each class (logs, reports)."""
+    return (np.asarray(labels)[np.asarray(indices, np.int64)] > 0).sum(axis=0).tolist()
+
+
 def carve_validation(labeled, labels, fraction, seed):
     """Holds out `fraction` of each class's labeled examples (at least one where a
     class has two or more) for validation: returns (train, validation) indices,
@@ -39,6 +68,10 @@ def carve_validation(labeled, labels, fraction, seed):
         raise DataError(f"--validation_fraction must be below 1, got {fraction}.")
     labels = np.asarray(labels)[labeled]
     rng = np.random.default_rng([seed, 1])
+    if labels.ndim == 2:  # multi-label: no single class to stratify by
+        n = min(max(int(round(fraction * len(labeled))), 1), len(labeled) - 1)
+        validation = np.sort(rng.choice(labeled, max(n, 0), replace=False))
+        return np.setdiff1d(labeled, validation), validation
     held = []
     for c in np.unique(labels):
         members = labeled[labels == c]

@@ -1,0 +1,141 @@
+"""Multi-label data: a folder with a labels file, TFRecords with a label list, the
+labeled subset by positives per class, and the mosaic set the bench builds."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import random_images
+
+from nstudent import data
+from nstudent.data import DataError, split_labeled
+from nstudent.data.sources import DEBIAN_FASHION_MNIST
+from nstudent.data.subsets import carve_validation, positives_per_class
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _folder(root, split, rows, images=None):
+    """Writes <root>/<split>/ with PNGs and labels.csv rows (path, classes)."""
+    folder = root / split
+    for path, _ in rows:
+        (folder / os.path.dirname(path)).mkdir(parents=True, exist_ok=True)
+    for (path, _), image in zip(rows, random_images(len(rows), 8, 3)):
+        tf.io.write_file(str(folder / path), tf.io.encode_png(image))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "labels"], *rows])
+
+
+def test_folder_with_a_labels_file_gives_multi_hot_rows(tmp_path):
+    _folder(tmp_path, "train", [("a.png", "dog;sofa"), ("sub/b.png", ""), ("c.png", "cat")])
+    _folder(tmp_path, "test", [("x.png", "sofa;cat;dog")])
+    info, splits = data.load(f"folder:{tmp_path}", channels=1, task="multilabel",
+                             labels_file="labels.csv")
+    assert info.task == "multilabel" and info.class_names == ("cat", "dog", "sofa")
+    # cat dog sofa, by hand
+    assert splits["train"].labels.tolist() == [[0, 1, 1], [0, 0, 0], [1, 0, 0]]
+    assert splits["test"].labels.tolist() == [[1, 1, 1]]
+    image, label = next(iter(splits["train"].dataset([2])))
+    assert image.shape == (8, 8, 1) and label.numpy().tolist() == [1, 0, 0]
+
+
+@pytest.mark.parametrize("test_rows, message", [
+    ([("x.png", "sofa;horse")], "unknown class(es) ['horse']"),
+    ([("x.png", "cat"), ("gone.png", "cat")], "line 3: no image"),
+])
+def test_folder_labels_file_names_what_is_wrong(tmp_path, test_rows, message):
+    _folder(tmp_path, "train", [("a.png", "dog;sofa"), ("c.png", "cat")])
+    _folder(tmp_path, "test", test_rows[:1])
+    if len(test_rows) > 1:  # a row whose image is not there
+        with open(tmp_path / "test" / "labels.csv", "a", newline="") as f:
+            csv.writer(f).writerow(test_rows[1])
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        data.load(f"folder:{tmp_path}", channels=1, task="multilabel",
+                  labels_file="labels.csv")
+
+
+def test_task_and_labels_file_must_agree(tmp_path):
+    with pytest.raises(DataError, match="--labels_file is for --task=multilabel"):
+        data.load(f"folder:{tmp_path}", labels_file="labels.csv")
+    with pytest.raises(DataError, match="needs --labels_file"):
+        data.load(f"folder:{tmp_path}", task="multilabel")
+    with pytest.raises(DataError, match="--task=multilabel reads folder"):
+        data.load("fashion_mnist", task="multilabel")
+
+
+def test_tfrecords_with_a_labels_list(tmp_path):
+    rows = {"train": [[0, 2], [], [1]], "test": [[2]]}
+    for split, lists in rows.items():
+        with tf.io.TFRecordWriter(str(tmp_path / f"{split}-0.tfrecord")) as w:
+            for classes, image in zip(lists, random_images(len(lists), 8, 1)):
+                feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[tf.io.encode_png(image).numpy()])),
+                    "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=classes))}
+                w.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                        .SerializeToString())
+    info, splits = data.load(f"tfrecord:{tmp_path}", channels=1, task="multilabel")
+    assert info.num_classes == 3 and info.task == "multilabel"
+    assert splits["train"].labels.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
+    with pytest.raises(DataError, match="outside the class range"):
+        data.load(f"tfrecord:{tmp_path}", channels=1, task="multilabel", num_classes=2)
+    single = tmp_path / "single"  # records of a multiclass set: `label`, no `labels`
+    single.mkdir()
+    with tf.io.TFRecordWriter(str(single / "train-0.tfrecord")) as w:
+        feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"])),
+                   "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0]))}
+        w.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                .SerializeToString())
+    with pytest.raises(DataError, match="needs an int64 list feature 'labels'"):
+        data.load(f"tfrecord:{single}", ("train",), channels=1, task="multilabel")
+
+
+def test_labeled_subset_reaches_k_positives_per_class_seeded():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, 4)) < [0.5, 0.2, 0.1, 0.05]).astype(np.int64)
+    labeled, unlabeled = split_labeled(labels, 4, 5, seed=3)
+    counts = positives_per_class(labels, labeled)
+    assert min(counts) >= 5 and counts[0] > 5  # the frequent class ends above K
+    assert len(np.intersect1d(labeled, unlabeled)) == 0
+    assert len(labeled) + len(unlabeled) == 300 and len(labeled) < 100
+    # every image kept was a positive of a class still short of K when it came
+    assert np.array_equal(labeled, split_labeled(labels, 4, 5, seed=3)[0])
+    assert not np.array_equal(labeled, split_labeled(labels, 4, 5, seed=4)[0])
+    assert all(labels[i].any() for i in labeled)
+    with pytest.raises(DataError, match="class 3 has only"):
+        split_labeled(labels, 4, int(labels[:, 3].sum()) + 1, seed=0)
+    train, validation = carve_validation(labeled, labels, 0.2, seed=3)
+    assert len(validation) == round(0.2 * len(labeled))
+    assert np.array_equal(np.sort(np.concatenate([train, validation])), labeled)
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION_MNIST),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_mosaics_bench_writes_a_set_the_loader_reads(tmp_path):
+    out = tmp_path / "mosaics"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "mosaics.py"), f"--out={out}",
+         "--train_mosaics=30", "--test_mosaics=10", "--unlabeled_mosaics=20",
+         "--empty_probability=0.3", "--seed=1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, splits = data.load(f"folder:{out}/labeled", channels=1, task="multilabel",
+                             labels_file="labels.csv")
+    assert len(splits["train"]) == 30 and len(splits["test"]) == 10
+    summary = json.load(open(out / "mosaics.json"))
+    assert summary["seed"] == 1 and summary["empty_probability"] == 0.3
+    hidden = list(csv.reader(open(out / "unlabeled_labels.csv")))[1:]
+    assert len(hidden) == 20 == len(data.load_unlabeled(f"folder:{out}/unlabeled", 1))
+    # each mosaic: 56 px; an empty cell is black; a class per filled cell at most
+    for image, label in splits["train"].dataset().as_numpy_iterator():
+        assert image.shape == (56, 56, 1)
+        cells = [image[r:r + 28, c:c + 28].max() > 0 for r in (0, 28) for c in (0, 28)]
+        assert 0 < label.sum() <= sum(cells) or label.sum() == sum(cells) == 0
+    per_image = splits["train"].labels.sum(axis=1).mean()
+    assert summary["sets"]["train"]["labels_per_image"] == pytest.approx(per_image, abs=1e-4)
