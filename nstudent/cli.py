@@ -51,7 +51,17 @@ def define_data_flags():
                       "folder (counted, the first named, in the log and metrics.json) "
                       "instead of stopping with an error that names the file.")
     flags.DEFINE_integer("labels_per_class", 0, "Labeled examples kept per class; the "
-                         "rest of the train split is unlabeled. 0: all labeled.")
+                         "rest of the train split is unlabeled. 0: all labeled. "
+                         "Multi-label: images picked until every class has this many "
+                         "positives.")
+    flags.DEFINE_enum("task", "multiclass", list(data.TASKS), "multiclass: one class per "
+                      "image (softmax). multilabel: any number of classes per image (a "
+                      "sigmoid per class; folder with --labels_file or TFRecords with a "
+                      "'labels' list; train.py's supervised stage only in this version).")
+    flags.DEFINE_string("labels_file", "", "--task=multilabel on a folder: the CSV in "
+                        "every split folder naming its images' classes, rows "
+                        "`path,class;class` (path relative to the split folder; empty: "
+                        "no class present; an optional header `path,labels`).")
     flags.DEFINE_integer("seed", 0, "Seed of the labeled subset, initialization and noise.")
 
 
@@ -340,7 +350,7 @@ def load_dataset(split_names=None):
         channels=FLAGS.channels,
         num_classes=FLAGS.num_classes, tfds_data_dir=FLAGS.tfds_data_dir,
         tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images,
-        verify=FLAGS.verify_images)
+        verify=FLAGS.verify_images, task=FLAGS.task, labels_file=FLAGS.labels_file)
 
 
 def load_stage_data(test=True, unlabeled=False):
@@ -485,9 +495,10 @@ def check_flag_ranges(ranges=FLAG_RANGES):
             check_range(name, getattr(FLAGS, name), *bounds)
 
 
-def validate_flags(trains=True):
+def validate_flags(trains=True, multilabel=False):
     """Checks what can be checked before any data is read (fast errors); `trains`:
-    the tool trains a model (pseudo-labeling alone does not)."""
+    the tool trains a model (pseudo-labeling alone does not); `multilabel`: the tool
+    takes --task=multilabel."""
     check_flag_ranges()
     model_config()  # stem stride, ...
     input_config(FLAGS.image_size or 1)  # crop and cache settings
@@ -519,8 +530,28 @@ def validate_flags(trains=True):
             check_pretrained(FLAGS.init_from_pretrained, FLAGS.ft_proj_selector)
     if "distill_temperature" in FLAGS:
         student_config()  # ratio, weights, distillation
+    check_task(multilabel)
     training.check_distribution(FLAGS.distribution)
     training.parse_tf_config(os.environ.get("TF_CONFIG", ""))  # names a malformed field
+
+
+def check_task(multilabel):
+    """--task=multilabel where a tool takes it (`multilabel`), with the settings it
+    needs: every label inside the training crop, no softmax temperature."""
+    if FLAGS.task != "multilabel":
+        if FLAGS.labels_file:
+            raise InputError("--labels_file is for --task=multilabel.")
+        return
+    if not multilabel:
+        raise InputError("--task=multilabel: only train.py's supervised stage (a "
+                         "multi-label teacher) takes multi-label data in this version.")
+    if FLAGS.crop == "random_resized":
+        raise InputError("--task=multilabel needs --crop=pad: a random-resized crop can "
+                         "cut a labeled object out of the image and keep its label.")
+    if FLAGS.calibration != "none":
+        raise InputError("--calibration=temperature scales a softmax; a multi-label run "
+                         "chooses a threshold per class on --validation_fraction's "
+                         "held-out images instead.")
 
 
 def already_finished(out, redo):

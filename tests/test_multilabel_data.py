@@ -139,3 +139,85 @@ def test_mosaics_bench_writes_a_set_the_loader_reads(tmp_path):
         assert 0 < label.sum() <= sum(cells) or label.sum() == sum(cells) == 0
     per_image = splits["train"].labels.sum(axis=1).mean()
     assert summary["sets"]["train"]["labels_per_image"] == pytest.approx(per_image, abs=1e-4)
+
+
+def _reference_ap(scores, targets):
+    """AP by a loop over the distinct scores, highest first (ties enter together)."""
+    ap, last = 0.0, 0.0
+    for t in sorted(set(scores.tolist()), reverse=True):
+        called = scores >= t
+        tp = np.sum(called & (targets == 1))
+        ap += (tp / np.sum(targets == 1) - last) * tp / np.sum(called)
+        last = tp / np.sum(targets == 1)
+    return ap
+
+
+def test_multilabel_teacher_scores_thresholds_and_serving(tmp_path):
+    """A multi-label teacher on a tiny folder: test mAP from its own `.keras` model's
+    sigmoids, thresholds taken from held-out scores (never test), and serving equal to
+    the `.keras` model with labels at those thresholds."""
+    import keras
+
+    from nstudent import models, training
+
+    rng = np.random.default_rng(0)
+    names = ["cat", "dog", "sofa"]
+
+    def rows(n):
+        return [(f"{i}.png", ";".join(c for c in names if rng.random() < 0.5))
+                for i in range(n)]
+
+    _folder(tmp_path, "train", rows(24))
+    _folder(tmp_path, "test", rows(10))
+    info, splits = data.load(f"folder:{tmp_path}", channels=1, task="multilabel",
+                             labels_file="labels.csv")
+    stage_data = data.StageData(info, splits["train"], splits["test"],
+                                validation_fraction=0.25)
+    config = models.ModelConfig(num_classes=3, channels=1, image_size=16, width_scale=0.25,
+                                depth_scale=0.25)
+    keras.utils.set_random_seed(0)
+    out = tmp_path / "teacher"
+    metrics = training.train_teacher(
+        str(out), stage_data, config, data.InputConfig(image_size=16, batch_size=6),
+        training.TrainConfig(epochs=1, bn_recalibration_batches=1))
+    assert metrics["task"] == "multilabel" and (out / "average_precision.png").exists()
+    network = keras.saving.load_model(str(out / "model.keras"), compile=False)
+
+    def sigmoid_of(split, indices):
+        images = np.stack([x for x, _ in split.dataset(indices).as_numpy_iterator()])
+        logits = np.asarray(network(np.asarray(data.resize(images, 16), np.float32),
+                                    training=False), np.float64)
+        return images, 1 / (1 + np.exp(-logits))
+
+    images, p = sigmoid_of(splits["test"], None)
+    y = splits["test"].labels
+    present = [c for c in range(3) if y[:, c].any()]
+    # the run's own preprocessing, so near-equal scores rank as they did there
+    batches = data.eval_dataset(splits["test"].dataset(), 3,
+                                data.InputConfig(image_size=16, batch_size=6))
+    logits = np.concatenate([np.asarray(network(x, training=False)) for x, _ in batches])
+    assert metrics["test_map"] == pytest.approx(np.mean(
+        [_reference_ap(logits[:, c], y[:, c]) for c in present]), abs=1e-5)
+    thresholds = json.load(open(out / "model_info.json"))["thresholds"]
+    _, held = sigmoid_of(splits["train"], stage_data.validation_indices)
+    for c, t in enumerate(thresholds):  # a held-out score of its class (or the default)
+        assert t == 0.5 or np.min(np.abs(held[:, c] - t)) < 1e-5
+    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    served = serve(images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), p, atol=1e-4)
+    clear = np.abs(p - np.asarray(thresholds)) > 1e-4  # not on a threshold's edge
+    assert np.array_equal(served["labels"].numpy()[clear],
+                          (p >= np.asarray(thresholds))[clear].astype(np.int64))
+
+
+@pytest.mark.parametrize("tool, extra, message", [
+    ("train.py", ["--crop=random_resized"], "needs --crop=pad"),
+    ("pseudo_label.py", ["--teacher=/nonexistent"], "only train.py's supervised stage"),
+])
+def test_multilabel_bad_settings_one_line_exit_2(tmp_path, tool, extra, message):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", tool), "--task=multilabel",
+         f"--dataset=folder:{tmp_path}", "--labels_file=labels.csv", f"--out={tmp_path}/o",
+         *extra], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "o")

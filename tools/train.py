@@ -54,7 +54,8 @@ def main(argv):
                                    cli.train_config(), FLAGS.init_weights,
                                    FLAGS.init_from_pretrained, FLAGS.ft_proj_selector)
 
-    return cli.run_stage(stage)
+    return cli.run_stage(stage, lambda: cli.validate_flags(
+        multilabel=not FLAGS.pseudo_labels and not FLAGS.init_from_pretrained))
 
 
 if __name__ == "__main__":

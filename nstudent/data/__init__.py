@@ -3,7 +3,7 @@
 from nstudent import lazy
 
 _HOMES = {
-    "CACHES": "config", "CROPS": "config", "InputConfig": "config",
+    "CACHES": "config", "CROPS": "config", "InputConfig": "config", "TASKS": "config",
     "clean_batches": "pipeline", "eval_dataset": "pipeline", "preprocess_eval": "pipeline", "resize": "pipeline",
     "train_dataset": "pipeline",
     "DataError": "sources", "DatasetInfo": "sources", "Split": "sources", "load": "sources",

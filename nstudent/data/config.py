@@ -10,6 +10,7 @@ from nstudent.errors import InputError
 
 CROPS = ("pad", "random_resized")
 CACHES = ("auto", "memory", "disk", "none")
+TASKS = ("multiclass", "multilabel")  # one class per image, or any number
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from nstudent.data.config import TASKS
 from nstudent.data.decode import (IMAGE_EXTENSIONS, CorruptLog, decode, decode_file,
                                   scan)
 from nstudent.errors import InputError
@@ -548,9 +549,6 @@ def tfrecords(directory, split_names, channels=3, num_classes=0, task="multiclas
         splits[split] = _tfrecord_split(split, files_of[split], channels, labels)
     return DatasetInfo(os.path.basename(os.path.normpath(directory)), num_classes,
                        channels, names, meta.get("image_size"), task), splits
-
-
-TASKS = ("multiclass", "multilabel")
 
 
 def load(spec, split_names=("train", "test"), *, channels=3, num_classes=0,

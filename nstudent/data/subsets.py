@@ -1,6 +1,7 @@
 """Which training examples keep their labels and which become unlabeled."""
 
 import numpy as np
+from absl import logging
 
 from nstudent.data.sources import DataError
 
@@ -49,6 +50,8 @@ def _split_multilabel(labels, labels_per_class, seed):
             if np.all(counts >= labels_per_class):
                 break
     labeled = np.sort(np.asarray(chosen, np.int64))
+    logging.info("Labeled subset: %d images, positives per class %s (K=%d).", len(labeled),
+                 counts.tolist(), labels_per_class)
     return labeled, np.setdiff1d(np.arange(len(labels)), labeled)
 
 

@@ -71,16 +71,23 @@ def calibration_figures(logits, labels, temperature=1.0):
             "brier": brier_score(p, y)}
 
 
+def network_outputs(network, batches):
+    """(float32 logits, the targets as given) of a network in inference mode over
+    (images, targets) batches."""
+    logits, targets = [], []
+    for images, target in batches.as_numpy_iterator():
+        logits.append(np.asarray(network(images, training=False), np.float32))
+        targets.append(target)
+    if not logits:
+        raise InputError("No images to compute logits on.")
+    return np.concatenate(logits), np.concatenate(targets)
+
+
 def network_logits(network, batches):
     """(float32 logits, int64 labels) of a network in inference mode over (images,
     one-hot labels) batches."""
-    logits, labels = [], []
-    for images, onehot in batches.as_numpy_iterator():
-        logits.append(np.asarray(network(images, training=False), np.float32))
-        labels.append(np.argmax(onehot, axis=-1))
-    if not logits:
-        raise InputError("No images to compute logits on.")
-    return np.concatenate(logits), np.concatenate(labels).astype(np.int64)
+    logits, onehot = network_outputs(network, batches)
+    return logits, np.argmax(onehot, axis=-1).astype(np.int64)
 
 
 def fit_temperature(logits, labels, iterations=100):

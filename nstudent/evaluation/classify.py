@@ -113,6 +113,11 @@ def load_classifier(path, prefer="saved_model"):
         raise MissingInput(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
     info = _run_info(os.path.dirname(os.path.abspath(path)))
     temperature = (info or {}).get("calibration_temperature") or 1.0
+    if info and info.get("task") == "multilabel":
+        raise InputError(f"{path!r} is a multi-label classifier: its metrics.json holds "
+                         "its test mAP, and its SavedModel serves sigmoid probabilities "
+                         "and labels; this tool reads single-label classifiers only in "
+                         "this version.")
     if info and info.get("kind") == PRETRAIN:
         raise InputError(f"{path!r} is a contrastive pretraining run (embeddings, no "
                          "classifier); fine-tune it first: tools/train.py "

@@ -1,5 +1,5 @@
 """Pictures people would rather look at than read: the confusion matrix of a classifier
-on the test split. PNGs through matplotlib (Agg), written whole (temporary name, then
+on the test split (a multi-label one's average precision per class). PNGs through matplotlib (Agg), written whole (temporary name, then
 renamed)."""
 
 import os
@@ -51,6 +51,31 @@ def confusion_png(counts, class_names, path, title):
     ax.set_ylabel("true (test images)")
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     ax.set_title(f"{title}\ntop-1 {accuracy:.4f} on {int(counts.sum())} images", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def average_precision_png(per_class, class_names, thresholds, path, title):
+    """A multi-label classifier: one bar per class, its test AP (a class without test
+    positives is marked, not drawn), its decision threshold written beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.32 * n + 1.2)))
+    values = [ap if ap is not None else 0.0 for ap in per_class]
+    ax.barh(range(n), values, color="tab:blue")
+    for i, (ap, t) in enumerate(zip(per_class, thresholds)):
+        text = "no test positives" if ap is None else f"AP {ap:.3f}"
+        ax.text(0.01 if ap is None else min(ap, 0.75) + 0.01, i,
+                f"{text}, threshold {t:.2f}", va="center", fontsize=7)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("average precision (test split)")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 

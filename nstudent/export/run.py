@@ -22,19 +22,23 @@ PRETRAIN = "pretrain"  # model_info.json's kind for a contrastive pretraining ru
 
 
 def write_run(out_dir, model, model_config, dataset_info, metrics, crop_fraction=0.0,
-              kind="classifier", temperature=None, **info):
+              kind="classifier", temperature=None, thresholds=None, **info):
     """`crop_fraction`: the evaluation preprocessing (0: square resize; else centre crop).
     `kind`: classifier (serving returns probabilities and classes) or pretrain (the
     encoder and projection head: serving returns embeddings and projections).
     `temperature`: a calibrated classifier's T (serving returns softmax(logits / T));
+    `thresholds`: a multi-label classifier's per-class decision thresholds (serving
+    returns sigmoid probabilities and the labels at or above them);
     `info` goes into model_info.json."""
     image_size = model_config.resolved_image_size
+    task = getattr(dataset_info, "task", "multiclass")
     write_json(os.path.join(out_dir, MODEL_INFO), dict(
-        info, kind=kind, model=model_config.to_dict(), image_size=image_size,
+        info, kind=kind, task=task, model=model_config.to_dict(), image_size=image_size,
         eval_crop_fraction=crop_fraction, dataset=dataset_info.to_dict(),
-        calibration_temperature=temperature))
+        calibration_temperature=temperature, thresholds=thresholds))
     save_keras(model, os.path.join(out_dir, "model.keras"))
     export_saved_model(model, os.path.join(out_dir, "saved_model"), image_size,
                        model_config.channels, crop_fraction,
-                       embeddings=kind == PRETRAIN, temperature=temperature)
+                       embeddings=kind == PRETRAIN, temperature=temperature,
+                       thresholds=thresholds)
     write_json(os.path.join(out_dir, METRICS), metrics)

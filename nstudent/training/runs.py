@@ -17,8 +17,8 @@ from nstudent.errors import InputError
 from nstudent.training import distribute
 from nstudent.training.backup import StageBackup, backup_dir
 from nstudent.training.batchnorm import recalibrate_batch_norm
-from nstudent.training.supervised import (Validation, compile_for_evaluation, fit,
-                                          steady_seconds)
+from nstudent.training.supervised import (MULTICLASS, MULTILABEL, Validation,
+                                          compile_for_evaluation, fit, steady_seconds)
 
 
 def versions():
@@ -51,6 +51,10 @@ class StageRun:
 
     def scope(self):
         return self.placement.scope()
+
+    @property
+    def task(self):
+        return getattr(self.stage_data.info, "task", MULTICLASS)
 
     @property
     def log_dir(self):
@@ -86,7 +90,8 @@ class StageRun:
         if config.eval_every_epochs and validate:
             dataset, source = self.validation_data()
             self._ready_to_evaluate(network, dataset)
-            validation = Validation(network, dataset, config.eval_every_epochs, source)
+            validation = Validation(network, dataset, config.eval_every_epochs, source,
+                                    self.task)
         distribute.prebuild(model, train_ds(0), self.placement)
 
         def stream(start):
@@ -102,7 +107,7 @@ class StageRun:
     def _ready_to_evaluate(self, network, dataset):
         """A loss and metrics for `network` (built in the strategy's scope)."""
         with self.scope():
-            compile_for_evaluation(network)
+            compile_for_evaluation(network, self.task)
         distribute.prebuild(network, dataset, self.placement)
 
     def recalibrate(self, network, clean_images):
@@ -119,6 +124,10 @@ class StageRun:
         goes once the exports are complete."""
         bn_batches = self.recalibrate(network, clean_images)
         stage_data, input_config = self.stage_data, self.input_config
+        if self.task == MULTILABEL:
+            return self._finish_multilabel(network, history, epoch_seconds,
+                                           images_per_step, steps, dict(
+                                               metrics, bn_recalibration_batches=bn_batches))
         test_ds = distribute.shard_for_workers(data.eval_dataset(
             stage_data.test.dataset(), stage_data.info.num_classes, input_config),
             self.placement)
@@ -140,6 +149,63 @@ class StageRun:
 
         return self.publish(metrics, write, "Test top-1 %.4f, top-5 %.4f" % (
             metrics["test_top1"], metrics["test_top5"]))
+
+    def _finish_multilabel(self, network, history, epoch_seconds, images_per_step, steps,
+                           metrics):
+        """A multi-label classifier's end: per-class thresholds chosen on the held-out
+        labeled images (never the test split; 0.5 without them), then the test split's
+        mAP, per-class AP and F1 at those thresholds; the export serves them."""
+        from nstudent.evaluation import calibration, multilabel, pictures
+
+        sd, config = self.stage_data, self.input_config
+        names = list(sd.info.class_names)
+
+        def outputs(split, indices=None):
+            return calibration.network_outputs(network, data.eval_dataset(
+                split.dataset(indices), sd.info.num_classes, config))
+
+        def sigmoid(logits):
+            return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+        held = sd.validation_indices
+        if len(held):
+            logits, targets = outputs(sd.train, held)
+            thresholds = multilabel.choose_thresholds(sigmoid(logits), targets)
+            source = f"best F1 on {len(held)} held-out labeled images"
+        else:
+            thresholds = np.full(len(names), multilabel.DEFAULT_THRESHOLD)
+            source = "0.5 (no held-out labeled images: set --validation_fraction)"
+            logging.warning("Multi-label thresholds: %s.", source)
+        logits, y = outputs(sd.test)
+        # ranked by logit: a sigmoid saturates to equal scores that would tie
+        scores = multilabel.mean_average_precision(logits, y, names)
+        f1 = multilabel.f1_scores(sigmoid(logits), y, thresholds)
+        if scores["skipped"]:
+            logging.warning("No test positives for %s: left out of the mAP.",
+                            ", ".join(map(str, scores["skipped"])))
+        metrics = self.report(network, history, epoch_seconds, images_per_step, steps, dict(
+            metrics, task=MULTILABEL, test_map=scores["map"],
+            test_average_precision=dict(zip(names, scores["per_class"])),
+            test_skipped_classes=scores["skipped"],
+            test_micro_f1=f1["micro_f1"], test_macro_f1=f1["macro_f1"],
+            thresholds=dict(zip(names, thresholds.tolist())), thresholds_from=source,
+            test_examples=len(sd.test)))
+
+        def write():
+            os.makedirs(self.out_dir, exist_ok=True)
+            png = pictures.average_precision_png(
+                scores["per_class"], names, thresholds,
+                os.path.join(self.out_dir, "average_precision.png"),
+                f"{os.path.basename(os.path.normpath(self.out_dir))} ({self.stage}): "
+                f"test mAP {scores['map']:.4f}")
+            pictures.to_tensorboard(os.path.join(self.out_dir, "logs"),
+                                    {"test/average_precision": png})
+            export.write_run(self.out_dir, network, self.model_config, sd.info, metrics,
+                             config.eval_crop_fraction, thresholds=thresholds.tolist(),
+                             held_out=sd.held_out())
+
+        return self.publish(metrics, write, "Test mAP %.4f, micro F1 %.4f, macro F1 %.4f" % (
+            scores["map"], f1["micro_f1"], f1["macro_f1"]))
 
     def assess(self, network, metrics):
         """Before the exports (the chief): the test split's confusion matrix and

@@ -80,25 +80,59 @@ def parse_jit(value):
     return {"auto": "auto", "true": True, "false": False}[str(value).lower()]
 
 
-def classification_metrics():
+MULTICLASS, MULTILABEL = "multiclass", "multilabel"
+
+
+@keras.saving.register_keras_serializable("nstudent")
+class BalancedBCE(keras.losses.Loss):
+    """Multi-label labeled data: binary cross-entropy per class from logits, positives
+    and negatives averaged apart (training/multilabel.py). Within one replica's batch;
+    the student normalises over the global batch."""
+
+    def __init__(self, name="balanced_bce", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        from nstudent.training.multilabel import balanced_bce, masked_bce_terms
+
+        return balanced_bce(masked_bce_terms(y_true, keras.ops.ones_like(y_true), y_pred))
+
+
+def classification_metrics(task=MULTICLASS):
+    """Logged while training and validating: top-1 and top-5, or for multi-label the
+    area under the precision-recall curve averaged over classes (Keras' interpolated
+    estimate; the runs' reported mAP is evaluation/multilabel.py's)."""
+    if task == MULTILABEL:
+        return [keras.metrics.AUC(curve="PR", multi_label=True, from_logits=True,
+                                  name="auc_pr")]
     return [keras.metrics.CategoricalAccuracy(name="top1"),
             keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
 
 
-def compile_for_training(model, config, steps_per_epoch):
+def classification_loss(task=MULTICLASS, label_smoothing=0.0):
+    if task == MULTILABEL:
+        return BalancedBCE()
+    return keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                label_smoothing=label_smoothing)
+
+
+def compile_for_training(model, config, steps_per_epoch, task=MULTICLASS):
     model.compile(
         optimizer=optimizer_for(config, steps_per_epoch, model.trainable_variables),
-        loss=keras.losses.CategoricalCrossentropy(
-            from_logits=True, label_smoothing=config.label_smoothing),
-        metrics=classification_metrics(),
+        loss=classification_loss(task, config.label_smoothing),
+        metrics=classification_metrics(task),
         jit_compile=parse_jit(config.jit_compile))
 
 
-def compile_for_evaluation(network):
+def compile_for_evaluation(network, task=MULTICLASS):
     """A network trained inside a wrapper gets a loss and metrics to be evaluated."""
     if not getattr(network, "compiled", False):
-        network.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                        metrics=classification_metrics())
+        network.compile(loss=classification_loss(task), metrics=classification_metrics(task))
+
+
+def scores_line(scores):
+    """'loss 0.1234, top1 0.5678, ...' of an evaluate() dict, in its order."""
+    return ", ".join(f"{k} {float(v):.4f}" for k, v in scores.items())
 
 
 def progress_verbosity():
@@ -148,22 +182,22 @@ class Validation(keras.callbacks.Callback):
     averaged weights when there are: `val_*` in the epoch logs (so TensorBoard's
     validation run and the history get them) and one console line."""
 
-    def __init__(self, network, dataset, every, source):
+    def __init__(self, network, dataset, every, source, task=MULTICLASS):
         super().__init__()
         self.network, self.dataset, self.every, self.source = network, dataset, every, source
+        self.task = task
 
     def on_epoch_end(self, epoch, logs=None):
         last = epoch + 1 == self.params.get("epochs")
         if (epoch + 1) % self.every and not last:
             return
-        compile_for_evaluation(self.network)
+        compile_for_evaluation(self.network, self.task)
         with ema_weights(self.model.optimizer):
             scores = self.network.evaluate(self.dataset, verbose=0, return_dict=True)
         if logs is not None:
             logs.update({f"val_{k}": float(v) for k, v in scores.items()})
-        logging.info("Epoch %d: validation (%s) loss %.4f, top-1 %.4f, top-5 %.4f.",
-                     epoch + 1, self.source, scores["loss"], scores["top1"],
-                     scores["top5"])
+        logging.info("Epoch %d: validation (%s) %s.", epoch + 1, self.source,
+                     scores_line(scores))
 
 
 @contextlib.contextmanager

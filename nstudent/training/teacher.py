@@ -42,7 +42,7 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
             apply_pretrained(network, start_weights, init_from_pretrained)
         run.model_config = model_config
         model = with_device_noise(network, input_config, stage_data.seed)
-        compile_for_training(model, train_config, steps)
+        compile_for_training(model, train_config, steps, info.task)
     logging.info("EfficientNet-%s: %d parameters, %d px, %d blocks.", model_config.variant,
                  network.count_params(), model_config.resolved_image_size,
                  len(models.block_names(network)))
@@ -54,4 +54,5 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
             "labeled_examples": int(count),
             "unlabeled_examples": int(stage_data.unlabeled_count),
             "jit_compile": bool(model.jit_compile), **start,
-            "train_top1_last_epoch": float(history["top1"][-1]) if history else None})
+            "train_top1_last_epoch": float(history["top1"][-1]) if history.get("top1")
+            else None})
