@@ -185,6 +185,12 @@ def define_pseudo_label_flags():
     flags.DEFINE_bool("balance", True, "Balance the classes: K images per class (top-K, "
                       "repeats for rare classes), as the paper. --nobalance keeps every "
                       "image above --min_confidence once (the paper's ablation).")
+    flags.DEFINE_float("positive_threshold", 0.7, "--task=multilabel: a class is a "
+                       "confident positive of an image where the teacher's sigmoid (at "
+                       "--temperature) is at least this.")
+    flags.DEFINE_float("negative_threshold", 0.05, "--task=multilabel: a confident "
+                       "negative where the sigmoid is at most this; entries between the "
+                       "two stay out of the student's loss (masked).")
     flags.DEFINE_integer("label_batch_size", 512, "Inference batch size of the teacher.")
     flags.DEFINE_integer("label_chunk_size", 16384, "Images per chunk of a labeling shard: "
                          "each chunk is saved as it finishes, and a killed shard resumes "
@@ -212,6 +218,8 @@ def label_config():
                        calibration=FLAGS.calibration, min_precision=FLAGS.min_precision,
                        min_precision_count=FLAGS.min_precision_count,
                        to_label=FLAGS.to_label,
+                       positive_threshold=FLAGS.positive_threshold,
+                       negative_threshold=FLAGS.negative_threshold,
                        batch_size=FLAGS.label_batch_size, chunk_size=FLAGS.label_chunk_size)
 
 
@@ -539,12 +547,14 @@ def check_task(multilabel):
     """--task=multilabel where a tool takes it (`multilabel`), with the settings it
     needs: every label inside the training crop, no softmax temperature."""
     if FLAGS.task != "multilabel":
-        if FLAGS.labels_file:
-            raise InputError("--labels_file is for --task=multilabel.")
+        for name in ("labels_file", "positive_threshold", "negative_threshold"):
+            if name in FLAGS and FLAGS[name].present:
+                raise InputError(f"--{name} is for --task=multilabel.")
         return
     if not multilabel:
         raise InputError("--task=multilabel: only train.py's supervised stage (a "
-                         "multi-label teacher) takes multi-label data in this version.")
+                         "multi-label teacher) and pseudo_label.py take multi-label data "
+                         "in this version.")
     if FLAGS.crop == "random_resized":
         raise InputError("--task=multilabel needs --crop=pad: a random-resized crop can "
                          "cut a labeled object out of the image and keep its label.")
@@ -552,6 +562,11 @@ def check_task(multilabel):
         raise InputError("--calibration=temperature scales a softmax; a multi-label run "
                          "chooses a threshold per class on --validation_fraction's "
                          "held-out images instead.")
+    for name in ("min_precision", "to_label"):
+        if name in FLAGS and getattr(FLAGS, name):
+            raise InputError(f"--{name} is for single-label pseudo-labels; multi-label "
+                             "ones keep confident entries (--positive_threshold, "
+                             "--negative_threshold).")
 
 
 def already_finished(out, redo):

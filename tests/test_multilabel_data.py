@@ -152,14 +152,15 @@ def _reference_ap(scores, targets):
     return ap
 
 
-def test_multilabel_teacher_scores_thresholds_and_serving(tmp_path):
-    """A multi-label teacher on a tiny folder: test mAP from its own `.keras` model's
-    sigmoids, thresholds taken from held-out scores (never test), and serving equal to
-    the `.keras` model with labels at those thresholds."""
+@pytest.fixture(scope="module")
+def ml_teacher(tmp_path_factory):
+    """A tiny multi-label folder (3 classes, 16 px) and a 1-epoch teacher on 3 positives
+    per class; the rest of the train split is its unlabeled pool (labels hidden)."""
     import keras
 
     from nstudent import models, training
 
+    root = tmp_path_factory.mktemp("ml")
     rng = np.random.default_rng(0)
     names = ["cat", "dog", "sofa"]
 
@@ -167,57 +168,136 @@ def test_multilabel_teacher_scores_thresholds_and_serving(tmp_path):
         return [(f"{i}.png", ";".join(c for c in names if rng.random() < 0.5))
                 for i in range(n)]
 
-    _folder(tmp_path, "train", rows(24))
-    _folder(tmp_path, "test", rows(10))
-    info, splits = data.load(f"folder:{tmp_path}", channels=1, task="multilabel",
+    _folder(root, "train", rows(40))
+    _folder(root, "test", rows(10))
+    info, splits = data.load(f"folder:{root}", channels=1, task="multilabel",
                              labels_file="labels.csv")
-    stage_data = data.StageData(info, splits["train"], splits["test"],
+    stage_data = data.StageData(info, splits["train"], splits["test"], labels_per_class=4,
                                 validation_fraction=0.25)
     config = models.ModelConfig(num_classes=3, channels=1, image_size=16, width_scale=0.25,
                                 depth_scale=0.25)
     keras.utils.set_random_seed(0)
-    out = tmp_path / "teacher"
+    out = root / "teacher"
     metrics = training.train_teacher(
-        str(out), stage_data, config, data.InputConfig(image_size=16, batch_size=6),
+        str(out), stage_data, config, data.InputConfig(image_size=16, batch_size=4),
         training.TrainConfig(epochs=1, bn_recalibration_batches=1))
-    assert metrics["task"] == "multilabel" and (out / "average_precision.png").exists()
     network = keras.saving.load_model(str(out / "model.keras"), compile=False)
+    return root, splits, stage_data, out, metrics, network
 
-    def sigmoid_of(split, indices):
-        images = np.stack([x for x, _ in split.dataset(indices).as_numpy_iterator()])
-        logits = np.asarray(network(np.asarray(data.resize(images, 16), np.float32),
-                                    training=False), np.float64)
-        return images, 1 / (1 + np.exp(-logits))
 
-    images, p = sigmoid_of(splits["test"], None)
+def _logits(network, split, indices=None):
+    """The network's logits on `split` at `indices`, through evaluation's preprocessing."""
+    batches = data.eval_dataset(split.dataset(indices), 3,
+                                data.InputConfig(image_size=16, batch_size=8))
+    return np.concatenate([np.asarray(network(x, training=False)) for x, _ in batches])
+
+
+def test_multilabel_teacher_scores_thresholds_and_serving(ml_teacher):
+    """Test mAP from the teacher's own `.keras` logits, thresholds taken from held-out
+    scores (never test), serving equal to the `.keras` model with labels at those
+    thresholds."""
+    _, splits, stage_data, out, metrics, network = ml_teacher
+    assert metrics["task"] == "multilabel" and (out / "average_precision.png").exists()
     y = splits["test"].labels
+    logits = _logits(network, splits["test"])
     present = [c for c in range(3) if y[:, c].any()]
-    # the run's own preprocessing, so near-equal scores rank as they did there
-    batches = data.eval_dataset(splits["test"].dataset(), 3,
-                                data.InputConfig(image_size=16, batch_size=6))
-    logits = np.concatenate([np.asarray(network(x, training=False)) for x, _ in batches])
     assert metrics["test_map"] == pytest.approx(np.mean(
         [_reference_ap(logits[:, c], y[:, c]) for c in present]), abs=1e-5)
     thresholds = json.load(open(out / "model_info.json"))["thresholds"]
-    _, held = sigmoid_of(splits["train"], stage_data.validation_indices)
+    held = 1 / (1 + np.exp(-_logits(network, splits["train"], stage_data.validation_indices)))
     for c, t in enumerate(thresholds):  # a held-out score of its class (or the default)
         assert t == 0.5 or np.min(np.abs(held[:, c] - t)) < 1e-5
-    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
-    served = serve(images=tf.constant(images))
-    np.testing.assert_allclose(served["probabilities"].numpy(), p, atol=1e-4)
-    clear = np.abs(p - np.asarray(thresholds)) > 1e-4  # not on a threshold's edge
+    images = np.stack([x for x, _ in splits["test"].dataset().as_numpy_iterator()])
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](
+        images=tf.constant(images))
+    # float noise on logits of hundreds (a 1-epoch toy): 1e-3 still tells sigmoid from softmax
+    np.testing.assert_allclose(served["probabilities"].numpy(), p, atol=1e-3)
+    clear = np.abs(p - np.asarray(thresholds)) > 1e-3  # not on a threshold's edge
     assert np.array_equal(served["labels"].numpy()[clear],
                           (p >= np.asarray(thresholds))[clear].astype(np.int64))
 
 
-@pytest.mark.parametrize("tool, extra, message", [
-    ("train.py", ["--crop=random_resized"], "needs --crop=pad"),
-    ("pseudo_label.py", ["--teacher=/nonexistent"], "only train.py's supervised stage"),
+def test_confident_entries_and_class_weights_by_hand():
+    from nstudent.pseudo_labels.multilabel import class_weights, confident_entries
+
+    # sigmoid of 2, 0, -4 = 0.881, 0.5, 0.018: positive, masked, negative at 0.7 / 0.05
+    targets, mask, _ = confident_entries(np.array([[2.0, 0.0, -4.0]]), 0.7, 0.05)
+    assert mask.tolist() == [[1, 0, 1]]
+    np.testing.assert_allclose(targets, [[0.880797, 0.5, 0.017986]], atol=1e-6)
+    hard, _, _ = confident_entries(np.array([[2.0, 0.0, -4.0]]), 0.7, 0.05, hard=True)
+    assert hard.tolist() == [[1, 0, 0]]
+    # at temperature 2: sigmoid(1) = 0.731 still positive; sigmoid(-2) = 0.119 masked
+    assert confident_entries(np.array([[2.0, 0.0, -4.0]]), 0.7, 0.05, 2.0)[1].tolist() == \
+        [[1, 0, 0]]
+    # positives 10, 30, 0: mean of the present 20 -> 2, 2/3, 0
+    np.testing.assert_allclose(class_weights([10, 30, 0]), [2.0, 2 / 3, 0.0])
+
+
+def test_multilabel_pseudo_labels_equal_the_teachers_sigmoids(ml_teacher, tmp_path):
+    """Every stored target is the teacher's sigmoid for that image and every mask its
+    confident entries; the per-class counts, precision and recall against the hidden
+    labels match numpy; new thresholds re-select without labeling again."""
+    from nstudent.pseudo_labels import LabelConfig, pseudo_label, read_records
+
+    _, _, stage_data, out, _, network = ml_teacher
+    split, unlabeled = stage_data.unlabeled
+    p = 1 / (1 + np.exp(-_logits(network, split, unlabeled).astype(np.float64)))
+    truth = split.labels[unlabeled] > 0
+    labels_dir = tmp_path / "labels"
+    config = LabelConfig(positive_threshold=0.6, negative_threshold=0.3)
+    stats = pseudo_label(str(out), stage_data, config, str(labels_dir))
+    positive, negative = p >= 0.6, p <= 0.3
+    kept = (positive | negative).any(axis=1)
+    # entries within float noise of a threshold may fall either way: not compared
+    edge = (np.abs(p - 0.6) < 1e-3) | (np.abs(p - 0.3) < 1e-3)
+    clear = ~(edge.any(axis=1))
+    assert stats["task"] == "multilabel"
+    records = {int(r["index"]): r for r in read_records(str(labels_dir))}
+    assert stats["distinct_images"] == len(records)
+    assert set(unlabeled[kept & clear]) <= set(records)
+    assert not set(unlabeled[~kept & clear]) & set(records)
+    row_of = {int(i): k for k, i in enumerate(unlabeled)}
+    for i, r in records.items():
+        np.testing.assert_allclose(r["label"], p[row_of[i]], atol=1e-3)  # float noise
+        near = edge[row_of[i]]
+        assert np.array_equal(r["mask"][~near], (positive | negative)[row_of[i]][~near])
+    for c, row in enumerate(stats["classes"]):
+        if edge[:, c].any():
+            continue
+        assert row["positives"] == positive[kept, c].sum()
+        assert row["negatives"] == negative[kept, c].sum()
+        tp = (positive[:, c] & truth[:, c]).sum()
+        assert row["positive_recall"] == pytest.approx(tp / truth[:, c].sum())
+        if positive[:, c].any():
+            assert row["positive_precision"] == pytest.approx(tp / positive[:, c].sum())
+    chunk = next((labels_dir / "labels").glob("shard-*/chunk-*.npz"))
+    before = chunk.stat().st_mtime_ns
+    again = pseudo_label(str(out), stage_data, LabelConfig(positive_threshold=0.9,
+                                                           negative_threshold=0.01),
+                         str(labels_dir), overwrite=True, phase="select")
+    assert chunk.stat().st_mtime_ns == before  # selected again, not labeled again
+    assert sum(r["positives"] for r in again["classes"]) == (p >= 0.9)[
+        ((p >= 0.9) | (p <= 0.01)).any(axis=1)].sum()
+
+
+@pytest.mark.parametrize("tool, args, message", [
+    ("train.py", ["--task=multilabel", "--crop=random_resized", "--out=o"],
+     "needs --crop=pad"),
+    ("finetune.py", ["--task=multilabel", "--run=/nonexistent"],
+     "only train.py's supervised stage"),
+    ("pseudo_label.py", ["--task=multilabel", "--teacher=/x", "--positive_threshold=0.1",
+                         "--negative_threshold=0.2", "--out=o"],
+     "must be above --negative_threshold"),
+    ("pseudo_label.py", ["--teacher=/x", "--positive_threshold=0.9", "--out=o"],
+     "--positive_threshold is for --task=multilabel"),
+    ("pseudo_label.py", ["--task=multilabel", "--teacher=/x", "--to_label=5", "--out=o"],
+     "--to_label is for single-label pseudo-labels"),
 ])
-def test_multilabel_bad_settings_one_line_exit_2(tmp_path, tool, extra, message):
+def test_multilabel_bad_settings_one_line_exit_2(tmp_path, tool, args, message):
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", tool), "--task=multilabel",
-         f"--dataset=folder:{tmp_path}", "--labels_file=labels.csv", f"--out={tmp_path}/o",
-         *extra], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        [sys.executable, os.path.join(ROOT, "tools", tool), f"--dataset=folder:{tmp_path}",
+         *(f"--out={tmp_path}/o" if a == "--out=o" else a for a in args)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
     assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "o")

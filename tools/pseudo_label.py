@@ -71,7 +71,8 @@ def main(argv):
                          if not missing else f"Shards still to label: "
                          f"{', '.join(map(str, missing))} of {FLAGS.num_shards}.")
 
-    return cli.run_stage(stage, validate=lambda: cli.validate_flags(trains=False))
+    return cli.run_stage(
+        stage, validate=lambda: cli.validate_flags(trains=False, multilabel=True))
 
 
 if __name__ == "__main__":

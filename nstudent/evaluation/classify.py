@@ -99,8 +99,9 @@ def _run_info(run_dir):
     return read_json(path) if os.path.exists(path) else None
 
 
-def load_classifier(path, prefer="saved_model"):
-    """Opens a run folder, a `.keras` file or a SavedModel folder."""
+def load_classifier(path, prefer="saved_model", multilabel=False):
+    """Opens a run folder, a `.keras` file or a SavedModel folder; a multi-label one
+    only where the caller reads its logits as sigmoids (`multilabel`)."""
     if not os.path.exists(path):
         raise MissingInput(f"No model at {path!r}.")
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
@@ -109,11 +110,11 @@ def load_classifier(path, prefer="saved_model"):
             order.reverse()
         for name in order:
             if os.path.exists(os.path.join(path, name)):
-                return load_classifier(os.path.join(path, name))
+                return load_classifier(os.path.join(path, name), multilabel=multilabel)
         raise MissingInput(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
     info = _run_info(os.path.dirname(os.path.abspath(path)))
     temperature = (info or {}).get("calibration_temperature") or 1.0
-    if info and info.get("task") == "multilabel":
+    if info and info.get("task") == "multilabel" and not multilabel:
         raise InputError(f"{path!r} is a multi-label classifier: its metrics.json holds "
                          "its test mAP, and its SavedModel serves sigmoid probabilities "
                          "and labels; this tool reads single-label classifiers only in "

@@ -26,7 +26,8 @@ from nstudent.pseudo_labels.store import LabelShard, chunk_rows, shard_rows
 # labeling again.
 SELECTION_KEYS = ("hard", "min_confidence", "per_class", "max_copies", "balance",
                   "calibration", "calibration_temperature", "min_precision",
-                  "min_precision_count", "held_out")
+                  "min_precision_count", "held_out", "positive_threshold",
+                  "negative_threshold")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,8 @@ class LabelConfig:
     min_precision: float = 0.0  # > 0: per-class cut-offs from held-out precision
     min_precision_count: int = 20  # held-out predictions a class needs for its own
     to_label: int = 0  # > 0: to_label.csv, the images with the smallest top-2 margins
+    positive_threshold: float = 0.7  # multi-label: a confident positive at p >= this
+    negative_threshold: float = 0.05  # multi-label: a confident negative at p <= this
     batch_size: int = 512
     chunk_size: int = 16384  # images per resumable chunk of a shard
 
@@ -64,6 +67,10 @@ class LabelConfig:
         if self.min_precision_count < 1:
             raise InputError(f"--min_precision_count must be at least 1, got "
                              f"{self.min_precision_count}.")
+        if not 0 <= self.negative_threshold < self.positive_threshold <= 1:
+            raise InputError(f"--positive_threshold ({self.positive_threshold}) must be "
+                             f"above --negative_threshold ({self.negative_threshold}), "
+                             "both in [0, 1].")
         if self.calibration not in ("none", "temperature"):
             raise InputError(f"--calibration must be none or temperature, got "
                              f"{self.calibration!r}.")
@@ -90,6 +97,7 @@ def teacher_settings(classifier, teacher_path, stage_data, config, num_shards=1)
             "calibration_temperature": (classifier.temperature
                                         if config.calibration == "temperature" else 1.0),
             "held_out": held_out,
+            "task": getattr(stage_data.info, "task", "multiclass"),
             "dataset": stage_data.dataset, "split": stage_data.train.name,
             "unlabeled_dataset": stage_data.unlabeled_spec or None,
             "labels_per_class": stage_data.labels_per_class, "seed": stage_data.seed,
@@ -223,6 +231,11 @@ def _shard_stats(shard, num_chunks, settings, num_classes):
 
 def check_teacher(classifier, stage_data):
     info = stage_data.info
+    task = getattr(info, "task", "multiclass")
+    teacher_task = (classifier.info or {}).get("task", "multiclass")
+    if teacher_task != task:
+        raise InputError(f"The teacher {classifier.path!r} is a {teacher_task} classifier; "
+                         f"this run's data is {task} (--task).")
     if classifier.num_classes is not None and classifier.num_classes != info.num_classes:
         raise InputError(f"The teacher predicts {classifier.num_classes} classes but "
                          f"{info.name} has {info.num_classes}.")
@@ -254,8 +267,9 @@ def pseudo_label(teacher_path, stage_data, config, out_dir, shards=None, num_sha
     still missing."""
     from nstudent.pseudo_labels.writer import missing_shards, select, write_to_label
 
-    classifier = load_classifier(teacher_path, prefer="keras")
+    classifier = load_classifier(teacher_path, prefer="keras", multilabel=True)
     settings = teacher_settings(classifier, teacher_path, stage_data, config, num_shards)
+    multilabel = settings["task"] == "multilabel"
     if phase in ("all", "label"):
         label_shards(classifier, stage_data, range(num_shards) if shards is None else shards,
                      num_shards, config, out_dir, settings, overwrite)
@@ -263,6 +277,10 @@ def pseudo_label(teacher_path, stage_data, config, out_dir, shards=None, num_sha
         return None
     if phase == "all" and missing_shards(out_dir, num_shards):
         return None  # the caller names them (missing_shards)
+    if multilabel:
+        from nstudent.pseudo_labels.multilabel import select_multilabel
+
+        return select_multilabel(stage_data, config, out_dir, settings, overwrite)
     cutoffs = None
     if config.min_precision:
         cutoffs = held_out_cutoffs(classifier, stage_data, config,

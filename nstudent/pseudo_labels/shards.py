@@ -14,6 +14,11 @@ Each record is a tf.train.Example (schema in the README):
   index       int64    the image's index in the unlabeled source
   copies      int64    how many times the image is in the set (balancing
                        duplicates a rare class's images); readers expand it
+  mask        float[C] multi-label sets only (stats.json "task": "multilabel",
+                       "schema": 2): 1 where the teacher was confident (label is
+                       then the target), 0 where the entry stays out of the loss;
+                       there `confidence` is the image's share of confident entries
+                       and `class` its most probable class
 A shard is complete when its stats exist and the TFRecord has the recorded size.
 """
 
@@ -38,8 +43,8 @@ def output_paths(directory, shard_index, num_shards):
     return base + ".tfrecord", base + ".json"
 
 
-def example(image, label, confidence, predicted, index, copies):
-    """One serialized record of the schema above."""
+def example(image, label, confidence, predicted, index, copies, mask=None):
+    """One serialized record of the schema above (`mask`: multi-label only)."""
     def ints(v):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
 
@@ -49,6 +54,8 @@ def example(image, label, confidence, predicted, index, copies):
         "confidence": tf.train.Feature(float_list=tf.train.FloatList(value=[confidence])),
         "class": ints(predicted), "index": ints(index), "copies": ints(copies),
     }
+    if mask is not None:
+        feature["mask"] = tf.train.Feature(float_list=tf.train.FloatList(value=mask))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -58,7 +65,7 @@ def output_is_complete(directory, shard_index, num_shards):
             and os.path.getsize(record_path) == read_json(stats_path)["bytes"])
 
 
-def parse_records(num_classes):
+def parse_records(num_classes, multilabel=False):
     """record -> dict of the schema's features (image still encoded)."""
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
             "label": tf.io.FixedLenFeature([num_classes], tf.float32),
@@ -66,6 +73,8 @@ def parse_records(num_classes):
             "class": tf.io.FixedLenFeature([], tf.int64),
             "index": tf.io.FixedLenFeature([], tf.int64),
             "copies": tf.io.FixedLenFeature([], tf.int64)}
+    if multilabel:
+        spec["mask"] = tf.io.FixedLenFeature([num_classes], tf.float32)
     return lambda record: tf.io.parse_single_example(record, spec)
 
 
@@ -85,13 +94,18 @@ class PseudoLabels:
     def settings(self):
         return self.stats["settings"]
 
+    @property
+    def multilabel(self):
+        return self.stats.get("task") == "multilabel"
+
     def records_dataset(self):
         """The parsed records, shard files interleaved one record at a time."""
         files = tf.data.Dataset.from_tensor_slices(self.files)
         return files.interleave(
             tf.data.TFRecordDataset, cycle_length=len(self.files), block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
-        ).map(parse_records(self.num_classes), num_parallel_calls=tf.data.AUTOTUNE)
+        ).map(parse_records(self.num_classes, self.multilabel),
+              num_parallel_calls=tf.data.AUTOTUNE)
 
     def dataset(self):
         """(uint8 image [H, W, C], float32 soft label [classes]), each image as often as

@@ -37,7 +37,7 @@ def missing_shards(out_dir, num_shards):
     return [s.index for s in all_shards(out_dir, num_shards) if not s.complete]
 
 
-def _check_labeled(out_dir, num_shards, settings):
+def check_labeled(out_dir, num_shards, settings):
     """The label shards, all complete and made by this teacher with these settings."""
     shards = all_shards(out_dir, num_shards)
     missing = [s for s in shards if not s.complete]
@@ -62,7 +62,7 @@ def _check_labeled(out_dir, num_shards, settings):
     return shards
 
 
-def _previous(out_dir, num_shards, settings, overwrite):
+def previous_selection(out_dir, num_shards, settings, overwrite):
     """The finished selection with these settings, if any; removes another one when
     `overwrite`, else refuses to mix."""
     path = os.path.join(out_dir, STATS)
@@ -113,8 +113,8 @@ def select(stage_data, config, out_dir, settings, overwrite=False, cutoffs=None)
     stats. `cutoffs`: per-class ClassCutoffs (--min_precision) instead of
     --min_confidence."""
     num_shards = settings["num_shards"]
-    shards = _check_labeled(out_dir, num_shards, settings)
-    previous = _previous(out_dir, num_shards, settings, overwrite)
+    shards = check_labeled(out_dir, num_shards, settings)
+    previous = previous_selection(out_dir, num_shards, settings, overwrite)
     if previous is not None:
         logging.info("The selection in %s is already done; skipped.", out_dir)
         return previous
@@ -201,7 +201,7 @@ def write_to_label(stage_data, out_dir, settings, config, count):
     alike margins, so near-duplicates may sit side by side. Returns the path."""
     split, _ = stage_data.unlabeled
     names = list(stage_data.info.class_names)
-    shards = _check_labeled(out_dir, settings["num_shards"], settings)
+    shards = check_labeled(out_dir, settings["num_shards"], settings)
     cut = Cut(config.min_confidence, settings.get("calibration_temperature") or 1.0,
               config.temperature)
     best = None  # (margin, index, top2 classes, top2 probabilities), at most `count`
@@ -339,11 +339,12 @@ def _images(split, indices, batch=1024):
     yield from ds.batch(batch).prefetch(2).as_numpy_iterator()
 
 
-def _write_output(split, shard, plan, config, out_dir, settings, totals, cut):
-    """Label shard -> output shard: selected records through an external shuffle."""
-    record_path, stats_path = output_paths(out_dir, shard.index, shard.num_shards)
-    rows = _selected_rows(shard, plan, cut)
-    index, copies = rows["index"], rows["copies"]
+def write_shuffled(split, shard, index, record_of, out_dir, settings):
+    """Label shard -> its output shard: the images at the sorted source indices
+    `index`, each serialised by `record_of(encoded image, source index)`, in a seeded
+    order made by an external shuffle (random bucket files, each permuted in memory).
+    Returns the record file's path; its stats are the caller's to write."""
+    record_path, _ = output_paths(out_dir, shard.index, shard.num_shards)
     rng = np.random.default_rng([settings["seed"], shard.index, shard.num_shards])
     buckets = int(np.clip(math.ceil(len(index) / BUCKET_RECORDS), 1, MAX_BUCKETS))
     bucket_of = rng.integers(buckets, size=len(index))
@@ -352,15 +353,9 @@ def _write_output(split, shard, plan, config, out_dir, settings, totals, cut):
     os.makedirs(scratch)
     writers = [tf.io.TFRecordWriter(os.path.join(scratch, f"{b}.tfrecord"))
                for b in range(buckets)]
-    truth = split.labels if split.has_labels else None
-    rows_out = _labels(shard, plan, config, cut)
     for images, indices in _images(split, index):
         for image, i, b in zip(images, indices, bucket_of[:len(indices)]):
-            j, label, confidence, predicted, n = next(rows_out)
-            if i != j:
-                raise RuntimeError(f"Source row {i} read where {j} was selected.")
-            writers[b].write(example(image, label.tolist(), float(confidence),
-                                     int(predicted), int(j), int(n)))
+            writers[b].write(record_of(image, int(i)))
         bucket_of = bucket_of[len(indices):]
     for w in writers:
         w.close()
@@ -373,12 +368,35 @@ def _write_output(split, shard, plan, config, out_dir, settings, totals, cut):
                 for k in rng.permutation(len(records)):
                     out.write(records[k])
     shutil.rmtree(scratch, ignore_errors=True)
-    totals.add(rows["predicted"].astype(np.int64), copies, rows["confidence"],
-               None if truth is None else truth[index])
+    return record_path
+
+
+def write_shard_stats(out_dir, shard, settings, distinct, records):
+    record_path, stats_path = output_paths(out_dir, shard.index, shard.num_shards)
     write_json(stats_path, {
         "settings": settings, "shard_index": shard.index, "num_shards": shard.num_shards,
-        "distinct_images": int(len(index)), "records": int(copies.sum()),
+        "distinct_images": int(distinct), "records": int(records),
         "tfrecord": os.path.basename(record_path), "bytes": os.path.getsize(record_path)})
+
+
+def _write_output(split, shard, plan, config, out_dir, settings, totals, cut):
+    """Label shard -> output shard: the selected images with their labels and copies."""
+    rows = _selected_rows(shard, plan, cut)
+    index, copies = rows["index"], rows["copies"]
+    truth = split.labels if split.has_labels else None
+    rows_out = _labels(shard, plan, config, cut)
+
+    def record_of(image, i):
+        j, label, confidence, predicted, n = next(rows_out)
+        if i != j:
+            raise RuntimeError(f"Source row {i} read where {j} was selected.")
+        return example(image, label.tolist(), float(confidence), int(predicted), int(j),
+                       int(n))
+
+    write_shuffled(split, shard, index, record_of, out_dir, settings)
+    totals.add(rows["predicted"].astype(np.int64), copies, rows["confidence"],
+               None if truth is None else truth[index])
+    write_shard_stats(out_dir, shard, settings, len(index), copies.sum())
 
 
 def class_table(stats):
