@@ -2,6 +2,7 @@
 
 import collections
 import json
+import math
 import os
 import platform
 import subprocess
@@ -65,3 +66,27 @@ def write_results_block(begin, end, block, path=os.path.join(ROOT, "RESULTS.md")
     with open(path + ".tmp", "w") as f:
         f.write(f"{head}{begin}\n{block}\n{end}{tail}")
     os.replace(path + ".tmp", path)
+
+
+def mean_std(values):
+    """(mean, sample standard deviation or None for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def paired(results, a, b, key="test_top1"):
+    """Row a - row b of `key` over the seeds both have: (differences, mean, std,
+    counts) where a difference counts when its mean exceeds twice its standard error
+    (n >= 2)."""
+    by_seed = {name: {r["seed"]: r[key] for r in results
+                      if r["row"] == name and r[key] is not None} for name in (a, b)}
+    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+    diffs = [by_seed[a][s] - by_seed[b][s] for s in seeds]
+    if not diffs:
+        return diffs, None, None, False
+    mean, std = mean_std(diffs)
+    counts = std is not None and abs(mean) > 2 * std / math.sqrt(len(diffs))
+    return diffs, mean, std, counts

@@ -18,15 +18,21 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import resource
 import time
 
 from absl import app, flags, logging
-
-from common import ROOT, read_jsonl, read_metrics, run_tool, write_results_block
+from common import (
+    ROOT,
+    mean_std,
+    paired,
+    read_jsonl,
+    read_metrics,
+    run_tool,
+    write_results_block,
+)
 
 flags.DEFINE_string("out", "runs/paper_setting", "Folder for the runs (not committed).")
 flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "paper_setting.jsonl"),
@@ -260,29 +266,6 @@ def run_grid():
             with open(FLAGS.results, "a") as f:
                 f.write(json.dumps(line) + "\n")
             print(json.dumps(line), flush=True)
-
-
-def mean_std(values):
-    """(mean, sample standard deviation or None for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def paired(results, a, b):
-    """a - b over the seeds both have: (differences, mean, std, counts) where a
-    difference counts when its mean exceeds twice its standard error (n >= 2)."""
-    by_seed = {name: {r["seed"]: r["test_top1"] for r in results if r["row"] == name}
-               for name in (a, b)}
-    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
-    diffs = [by_seed[a][s] - by_seed[b][s] for s in seeds]
-    if not diffs:
-        return diffs, None, None, False
-    mean, std = mean_std(diffs)
-    counts = std is not None and abs(mean) > 2 * std / math.sqrt(len(diffs))
-    return diffs, mean, std, counts
 
 
 def _points(value):

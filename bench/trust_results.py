@@ -29,6 +29,7 @@ from absl import app, flags, logging
 from common import (
     ROOT,
     ToolRefused,
+    paired,
     read_jsonl,
     read_metrics,
     run_tool,
@@ -217,6 +218,21 @@ def render(results):
         lines.append(f"| {what} | {len(rs)} | {stat(rs, 'images_kept', 0)} | "
                      f"{stat(rs, 'kept_accuracy')} | {stat(rs, 'kept_out_of_domain', 0)} | "
                      f"{stat(rs, 'student_top1')} |")
+    lines.append("")
+    lines.append("Paired by seed (each cut-off minus the raw 0.3 row, points; counts: the "
+                 "mean is beyond twice its standard error):")
+    for key, what in (("student_top1", "student test top-1"),
+                      ("kept_accuracy", "accuracy of the kept pseudo-labels")):
+        parts = []
+        for row, name, _ in CUTS[1:]:
+            diffs, mean, std, counts = paired(list(latest.values()), row, CUTS[0][0], key)
+            if diffs:
+                parts.append(f"{name} {100 * mean:+.2f}" + (
+                    f" ± {100 * std:.2f} ({len(diffs)} seeds, "
+                    f"{'counts' if counts else 'does not count'})" if std is not None
+                    else " (1 seed)"))
+        if parts:
+            lines.append(f"- {what}: " + "; ".join(parts) + ".")
     teachers = {r["seed"]: r for r in latest.values()}.values()
     for r in teachers:
         lines.append("")

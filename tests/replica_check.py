@@ -30,7 +30,7 @@ import keras  # noqa: E402
 
 from nstudent.models import ModelConfig, build_efficientnet  # noqa: E402
 from nstudent.training import distribute  # noqa: E402
-from nstudent.training.steps import NoisyStudent  # noqa: E402
+from nstudent.training.steps import MultiLabelStudent, NoisyStudent  # noqa: E402
 from nstudent.training.supervised import TrainConfig, compile_for_training  # noqa: E402
 
 CONFIG = ModelConfig(variant="b0", num_classes=4, channels=1, image_size=16,
@@ -42,15 +42,25 @@ X = rng.integers(0, 256, (8, 16, 16, 1)).astype("float32")
 Y = np.eye(4, dtype="float32")[rng.integers(0, 4, 8)]
 XP = rng.integers(0, 256, (8, 16, 16, 1)).astype("float32")
 YP = rng.dirichlet(np.ones(4), 8).astype("float32")
+# multi-label: multi-hot labels; pseudo targets and a mask side by side, the masked
+# entries and the positives unevenly split between the halves (a per-replica
+# normalisation would then differ)
+YM = (rng.random((8, 4)) < 0.4).astype("float32")
+YMP = np.concatenate([rng.random((8, 4)), (rng.random((8, 4)) < 0.6)], 1).astype("float32")
 
 
 def one_step(placement, student):
-    """The network's weights after one step on the global batch."""
+    """The network's weights after one step on the global batch; `student`: False
+    (supervised), True (noisy student) or "multilabel"."""
     distribute.set_current(placement)
     keras.utils.set_random_seed(1)
     with placement.scope():
         network = build_efficientnet(CONFIG)
-        if student:
+        if student == "multilabel":
+            model = MultiLabelStudent(network, 4, class_weights=[1.0, 2.0, 0.5, 1.0])
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
+            ds = tf.data.Dataset.from_tensors(((X, YM), (XP, YMP)))
+        elif student:
             model = NoisyStudent(network)
             model.compile(optimizer=keras.optimizers.SGD(0.1))
             ds = tf.data.Dataset.from_tensors(((X, Y), (XP, YP)))
@@ -74,8 +84,9 @@ def main():
     results = {"backend": BACKEND}
     two = distribute.configure_distribution("data_parallel", sync_batchnorm=True)
     results["replicas"] = two.replicas
-    for student in (False, True):
-        name = "student" if student else "supervised"
+    for student in (False, True, "multilabel"):
+        name = {False: "supervised", True: "student", "multilabel": "multilabel_student"}[
+            student]
         single = one_step(distribute.Placement(), student)
         if BACKEND == "jax":  # one_step unset it for the single-device run
             two = distribute.configure_distribution("data_parallel", sync_batchnorm=True)

@@ -96,8 +96,26 @@ def test_two_replicas_halves_average_to_the_global_loss():
     logits = rng.normal(size=(8, 4)).astype(np.float32)
     whole = float(balanced_bce(masked_bce_terms(targets, mask, logits)))
     halves = [masked_bce_terms(targets[i::2], mask[i::2], logits[i::2]) for i in (0, 1)]
-    total = halves[0] + halves[1]
+    total = (halves[0] + halves[1])[1::2]  # the weights' rows, summed
     shares = [float(balanced_bce(h, total, replicas=2)) for h in halves]
     assert np.mean(shares) == pytest.approx(whole, rel=1e-5)
     # a replica alone would normalise by its own half: not the global loss
     assert np.mean([float(balanced_bce(h)) for h in halves]) != pytest.approx(whole, rel=1e-3)
+
+
+def test_class_weights_weigh_each_class_average():
+    rng = np.random.default_rng(3)
+    targets = (rng.random((10, 3)) < 0.4).astype(np.float32)
+    mask = np.ones((10, 3), np.float32)
+    logits = rng.normal(size=(10, 3)).astype(np.float32)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    w = np.array([2.0, 1.0, 0.5])
+    num = den = 0.0
+    for c in range(3):  # each present (class, part) average, weighted by its class
+        for part, weight in ((-np.log(p[:, c]), targets[:, c]),
+                             (-np.log(1 - p[:, c]), 1 - targets[:, c])):
+            if weight.sum() > 0:
+                num += w[c] * np.sum(part * weight) / weight.sum()
+                den += w[c]
+    loss = float(balanced_bce(masked_bce_terms(targets, mask, logits), class_weights=w))
+    assert loss == pytest.approx(num / den, rel=1e-5)

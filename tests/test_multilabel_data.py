@@ -285,7 +285,7 @@ def test_multilabel_pseudo_labels_equal_the_teachers_sigmoids(ml_teacher, tmp_pa
     ("train.py", ["--task=multilabel", "--crop=random_resized", "--out=o"],
      "needs --crop=pad"),
     ("finetune.py", ["--task=multilabel", "--run=/nonexistent"],
-     "only train.py's supervised stage"),
+     "this tool does not in this version"),
     ("pseudo_label.py", ["--task=multilabel", "--teacher=/x", "--positive_threshold=0.1",
                          "--negative_threshold=0.2", "--out=o"],
      "must be above --negative_threshold"),
@@ -301,3 +301,36 @@ def test_multilabel_bad_settings_one_line_exit_2(tmp_path, tool, args, message):
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
     assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "o")
+
+
+def test_two_stage_multilabel_pipeline(ml_teacher, tmp_path):
+    """Teacher -> confident entries -> a masked student from scratch, on the tiny set:
+    the student trains on both streams and reports its test mAP; a single-label
+    teacher's pseudo-labels for this multi-label data are refused."""
+    from nstudent import models, training
+    from nstudent.pseudo_labels import LabelConfig, load_pseudo_labels, pseudo_label
+
+    _, _, stage_data, out, _, _ = ml_teacher
+    labels_dir = tmp_path / "labels"
+    pseudo_label(str(out), stage_data, LabelConfig(positive_threshold=0.6,
+                                                   negative_threshold=0.3), str(labels_dir))
+    pseudo = load_pseudo_labels(str(labels_dir))
+    assert pseudo.multilabel and len(pseudo.stats["class_weights"]) == 3
+    image, label = next(iter(pseudo.dataset()))
+    assert label.shape == (6,)  # targets and mask side by side
+    config = models.ModelConfig(num_classes=3, channels=1, image_size=16, width_scale=0.25,
+                                depth_scale=0.25)
+    metrics = training.train_student(
+        str(tmp_path / "student"), stage_data, pseudo, config,
+        data.InputConfig(image_size=16, batch_size=2),
+        training.TrainConfig(epochs=1, steps_per_epoch=2, bn_recalibration_batches=1),
+        training.StudentConfig(unlabeled_ratio=2))
+    assert metrics["task"] == "multilabel" and 0 <= metrics["test_map"] <= 1
+    assert metrics["optimizer_iterations"] == 2
+    assert {"labeled_loss", "pseudo_loss", "labeled_auc_pr"} <= set(metrics["last_epoch"])
+    single = data.StageData(data.DatasetInfo("x", 3, 1, ("cat", "dog", "sofa")),
+                            stage_data.train, stage_data.test, labels_per_class=0)
+    with pytest.raises(DataError, match="are multi-label; this run's data is single-label"):
+        training.train_student(str(tmp_path / "s2"), single, pseudo, config,
+                               data.InputConfig(image_size=16, batch_size=2),
+                               training.TrainConfig(epochs=1))

@@ -55,7 +55,7 @@ def main(argv):
                                    FLAGS.init_from_pretrained, FLAGS.ft_proj_selector)
 
     return cli.run_stage(stage, lambda: cli.validate_flags(
-        multilabel=not FLAGS.pseudo_labels and not FLAGS.init_from_pretrained))
+        multilabel=not FLAGS.init_from_pretrained))
 
 
 if __name__ == "__main__":

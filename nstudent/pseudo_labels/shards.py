@@ -109,12 +109,15 @@ class PseudoLabels:
 
     def dataset(self):
         """(uint8 image [H, W, C], float32 soft label [classes]), each image as often as
-        its copies say; images keep their source's size and are converted to `channels`."""
+        its copies say; images keep their source's size and are converted to `channels`.
+        Multi-label: the label is the targets and the mask side by side [2 x classes]."""
         channels = self.channels
+        multilabel = self.multilabel
 
         def repeat(ex):
             image = decode(ex["image"], channels)
-            return tf.data.Dataset.from_tensors((image, ex["label"])).repeat(ex["copies"])
+            label = tf.concat([ex["label"], ex["mask"]], 0) if multilabel else ex["label"]
+            return tf.data.Dataset.from_tensors((image, label)).repeat(ex["copies"])
 
         ds = self.records_dataset().flat_map(repeat)
         return ds.apply(tf.data.experimental.assert_cardinality(self.records))

@@ -237,6 +237,20 @@ def cross_replica_concat(x):
     return x, 0
 
 
+def cross_replica_sum(x):
+    """(x summed over the replicas, their number): a loss normalised by the global
+    batch's counts. TensorFlow all-reduces inside the replica's step; a JAX step
+    already holds the global batch, so there x is returned as it is, with 1."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            return (context.all_reduce(tf.distribute.ReduceOp.SUM, x),
+                    context.num_replicas_in_sync)
+    return x, 1
+
+
 def shard_for_workers(dataset, placement=None):
     """Multi-worker input: every worker reads the source and keeps its share of each
     batch (file-based sharding would fail with fewer files than workers)."""

@@ -27,15 +27,31 @@ def masked_bce_terms(targets, mask, logits):
         ops.sum(-ops.log_sigmoid(-logits) * negative, axis=0), ops.sum(negative, axis=0)])
 
 
-def balanced_bce(terms, global_terms=None, replicas=1):
-    """The loss from `masked_bce_terms`. On several replicas pass the terms summed over
-    them (`global_terms`, e.g. an all-reduce) and their number: the result is this
-    replica's share times `replicas`, so the mean over replicas (what a step that
-    divides each replica's loss by their count and sums the gradients optimises) is
-    the global batch's loss."""
-    global_terms = terms if global_terms is None else global_terms
+def balanced_bce(terms, global_weights=None, replicas=1, class_weights=None):
+    """The loss from `masked_bce_terms`. On several replicas pass the weights (rows 1
+    and 3 of the terms) summed over them (`global_weights` [2, classes], e.g. an
+    all-reduce) and their number: the result is this replica's share times
+    `replicas`, so the mean over replicas (what a step that divides each replica's
+    loss by their count and sums the gradients optimises) is the global batch's loss.
+    `class_weights` [classes]: each class's two averages weigh this much in the mean
+    (rare classes' confident positives counted up instead of their images copied)."""
+    if global_weights is None:
+        global_weights = ops.stack([terms[1], terms[3]])
     sums = ops.stack([terms[0], terms[2]])
-    weights = ops.stack([global_terms[1], global_terms[3]])
-    present = ops.cast(weights > EPSILON, "float32")
-    means = sums / ops.maximum(weights, EPSILON) * present
-    return float(replicas) * ops.sum(means) / ops.maximum(ops.sum(present), 1.0)
+    present = ops.cast(global_weights > EPSILON, "float32")
+    if class_weights is not None:
+        present = present * ops.cast(ops.reshape(class_weights, (1, -1)), "float32")
+    means = sums / ops.maximum(global_weights, EPSILON) * present
+    return float(replicas) * ops.sum(means) / ops.maximum(ops.sum(present), EPSILON)
+
+
+def global_balanced_bce(targets, mask, logits, class_weights=None):
+    """`balanced_bce` of this replica's batch, normalised by the global batch's
+    weights (an all-reduce on several TensorFlow replicas; a JAX step holds the global
+    batch already)."""
+    from nstudent.training.distribute import cross_replica_sum
+
+    terms = masked_bce_terms(targets, mask, logits)
+    weights, replicas = cross_replica_sum(
+        ops.stop_gradient(ops.stack([terms[1], terms[3]])))
+    return balanced_bce(terms, weights, replicas, class_weights)

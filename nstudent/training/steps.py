@@ -168,3 +168,61 @@ class NoisyStudent(LossStep):
         self.labeled_top1.update_state(y_labeled, logits[:n])
         self.pseudo_top1.update_state(y_pseudo, logits[n:])
         return {m.name: m.result() for m in self.metrics}
+
+
+class MultiLabelStudent(LossStep):
+    """A multi-label noisy student: ((labeled images, multi-hot), (pseudo images,
+    targets and mask side by side [batch, 2 x classes])), one forward pass, all noise
+    on. The loss is `labeled_loss_weight` times the balanced BCE on the labels plus
+    `pseudo_loss_weight` times the masked balanced BCE on the teacher's confident
+    entries (`class_weights` per class), each normalised by the global batch's
+    weights (training/multilabel.py), so one replica or several take the same step."""
+
+    def __init__(self, network, num_classes, pseudo_loss_weight=1.0, labeled_loss_weight=1.0,
+                 class_weights=None, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.num_classes = int(num_classes)
+        self.pseudo_loss_weight = float(pseudo_loss_weight)
+        self.labeled_loss_weight = float(labeled_loss_weight)
+        self.class_weights = None if class_weights is None else [float(w) for w in
+                                                                 class_weights]
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.labeled_loss_tracker = keras.metrics.Mean(name="labeled_loss")
+        self.pseudo_loss_tracker = keras.metrics.Mean(name="pseudo_loss")
+        self.labeled_auc = keras.metrics.AUC(  # built now: num_labels
+            curve="PR", multi_label=True, num_labels=self.num_classes, from_logits=True,
+            name="labeled_auc_pr")
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.labeled_loss_tracker, self.pseudo_loss_tracker,
+                self.labeled_auc]
+
+    def step_inputs(self, data):
+        (x_labeled, _), (x_pseudo, _) = data
+        return ops.concatenate([x_labeled, x_pseudo], axis=0)
+
+    def step_losses(self, logits, data):
+        from nstudent.training.multilabel import global_balanced_bce
+
+        (_, y_labeled), (_, y_pseudo) = data
+        logits = ops.cast(logits, "float32")
+        n, c = y_labeled.shape[0], self.num_classes
+        labeled = global_balanced_bce(y_labeled, ops.ones_like(y_labeled), logits[:n])
+        weights = None if self.class_weights is None else ops.convert_to_tensor(
+            self.class_weights, "float32")
+        pseudo = global_balanced_bce(y_pseudo[:, :c], y_pseudo[:, c:], logits[n:], weights)
+        total = self.labeled_loss_weight * labeled + self.pseudo_loss_weight * pseudo
+        return total, (total, labeled, pseudo)
+
+    def update_metrics(self, losses, logits, data):
+        (_, y_labeled), _ = data
+        for tracker, value in zip(self.metrics[:3], losses):
+            tracker.update_state(value)
+        self.labeled_auc.update_state(y_labeled, logits[:y_labeled.shape[0]])
+        return {m.name: m.result() for m in self.metrics}

@@ -15,7 +15,7 @@ from nstudent.errors import InputError
 from nstudent.evaluation import load_classifier
 from nstudent.training.optim import optimizer_for
 from nstudent.training.runs import StageRun, images_only
-from nstudent.training.steps import NoisyStudent, with_device_noise
+from nstudent.training.steps import MultiLabelStudent, NoisyStudent, with_device_noise
 from nstudent.training.supervised import parse_jit
 
 
@@ -29,7 +29,7 @@ def _teacher_network(path, model_config, digest=None):
     only, and the very teacher that made the pseudo-labels (`digest`, their
     teacher_digest). The student takes the teacher's input normalisation and head
     layers with its weights."""
-    classifier = load_classifier(path, prefer="keras")
+    classifier = load_classifier(path, prefer="keras", multilabel=True)
     if classifier.keras_model is None:
         raise InputError(f"--init_from_teacher needs the teacher's .keras file; {path!r} "
                          "has none.")
@@ -124,6 +124,12 @@ class StudentStage:
                 f"The pseudo-labels in {pseudo.directory} have {pseudo.num_classes} "
                 f"classes {list(pseudo.class_names)}; {info.name} has "
                 f"{info.num_classes} {list(info.class_names)}.")
+        multilabel = getattr(info, "task", "multiclass") == "multilabel"
+        if multilabel != pseudo.multilabel:
+            raise data.DataError(
+                f"The pseudo-labels in {pseudo.directory} are "
+                f"{'multi' if pseudo.multilabel else 'single'}-label; this run's data is "
+                f"{'multi' if multilabel else 'single'}-label (--task).")
         check_distillation(config.distill_temperature, config.labeled_loss_weight,
                            pseudo.settings)
         if not config.pseudo_noise and input_config.randaugment_impl == "device":
@@ -160,12 +166,17 @@ class StudentStage:
                                                                   config.init_weights)
             self.run.model_config = model_config
             self.network = network
-            self.student = NoisyStudent(
-                with_device_noise(network, input_config, seed), config.pseudo_loss_weight,
-                train_config.label_smoothing,
-                hard_pseudo_labels=bool(pseudo.settings.get("hard")),
-                distill_temperature=config.distill_temperature,
-                labeled_loss_weight=config.labeled_loss_weight)
+            noised = with_device_noise(network, input_config, seed)
+            if multilabel:
+                self.student = MultiLabelStudent(
+                    noised, info.num_classes, config.pseudo_loss_weight,
+                    config.labeled_loss_weight, pseudo.stats.get("class_weights"))
+            else:
+                self.student = NoisyStudent(
+                    noised, config.pseudo_loss_weight, train_config.label_smoothing,
+                    hard_pseudo_labels=bool(pseudo.settings.get("hard")),
+                    distill_temperature=config.distill_temperature,
+                    labeled_loss_weight=config.labeled_loss_weight)
             self.student.compile(optimizer=optimizer_for(train_config, self.steps,
                                                          network.trainable_variables),
                                  jit_compile=parse_jit(train_config.jit_compile))
