@@ -55,11 +55,15 @@ def test_predictions_are_what_serving_default_serves(model_and_photos, tmp_path)
         image = tf.io.decode_image(open(r["image"], "rb").read(), channels=3,
                                    expand_animations=False)
         served = serve(images=image[None])["probabilities"].numpy()[0]
-        top = np.argsort(-served)[:2]
-        assert [r["class_1"], r["class_2"]] == [CLASSES[c] for c in top]
-        # the CSV keeps 6 decimals
-        np.testing.assert_allclose([float(r["probability_1"]), float(r["probability_2"])],
-                                   served[top], atol=2e-6)
+        named = [CLASSES.index(r["class_1"]), CLASSES.index(r["class_2"])]
+        written = [float(r["probability_1"]), float(r["probability_2"])]
+        # each named class's probability as served (the CSV keeps 6 decimals), in order,
+        # and no other class above them; near-equal probabilities may swap places
+        # between a batch and a single image
+        np.testing.assert_allclose(written, served[named], atol=2e-6)
+        assert written[0] >= written[1]
+        others = np.delete(served, named)
+        assert not others.size or others.max() <= served[named].min() + 2e-6
 
 
 def test_bad_input_is_one_line_and_writes_nothing(model_and_photos, tmp_path):

@@ -19,8 +19,8 @@ from absl import logging
 
 from nstudent.export.atomic import write_json
 from nstudent.pseudo_labels.shards import STATS, example
-from nstudent.pseudo_labels.writer import (check_labeled, previous_selection,
-                                           write_shard_stats, write_shuffled)
+from nstudent.pseudo_labels.writer import (open_selection, write_shard_stats,
+                                           write_shuffled)
 
 
 def sigmoid(logits, temperature=1.0):
@@ -100,11 +100,8 @@ class _Counts:
 def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
     """Phase 2 for a multi-label teacher: writes every output shard and stats.json;
     returns the stats."""
-    num_shards = settings["num_shards"]
-    shards = check_labeled(out_dir, num_shards, settings)
-    previous = previous_selection(out_dir, num_shards, settings, overwrite)
+    shards, previous = open_selection(out_dir, settings, overwrite)
     if previous is not None:
-        logging.info("The selection in %s is already done; skipped.", out_dir)
         return previous
     start = time.time()
     info = stage_data.info

@@ -62,6 +62,17 @@ def check_labeled(out_dir, num_shards, settings):
     return shards
 
 
+def open_selection(out_dir, settings, overwrite):
+    """(label shards, None) to select from, or (None, stats) where a finished
+    selection with these settings stands (and `overwrite` is off)."""
+    shards = check_labeled(out_dir, settings["num_shards"], settings)
+    previous = previous_selection(out_dir, settings["num_shards"], settings, overwrite)
+    if previous is not None:
+        logging.info("The selection in %s is already done; skipped.", out_dir)
+        return None, previous
+    return shards, None
+
+
 def previous_selection(out_dir, num_shards, settings, overwrite):
     """The finished selection with these settings, if any; removes another one when
     `overwrite`, else refuses to mix."""
@@ -112,11 +123,8 @@ def select(stage_data, config, out_dir, settings, overwrite=False, cutoffs=None)
     """Balances globally and writes every output shard and stats.json; returns the
     stats. `cutoffs`: per-class ClassCutoffs (--min_precision) instead of
     --min_confidence."""
-    num_shards = settings["num_shards"]
-    shards = check_labeled(out_dir, num_shards, settings)
-    previous = previous_selection(out_dir, num_shards, settings, overwrite)
+    shards, previous = open_selection(out_dir, settings, overwrite)
     if previous is not None:
-        logging.info("The selection in %s is already done; skipped.", out_dir)
         return previous
     start = time.time()
     info = stage_data.info

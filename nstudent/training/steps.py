@@ -100,7 +100,19 @@ def distillation_loss(teacher_probabilities, student_logits, temperature):
         teacher_probabilities, ops.cast(student_logits, "float32") / t, from_logits=True)
 
 
-class NoisyStudent(LossStep):
+class TwoStreams(LossStep):
+    """A student's step input: the labeled and the pseudo-labeled batch through
+    `self.network` in one forward pass (batch norm sees both, as in the paper)."""
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def step_inputs(self, data):
+        (x_labeled, _), (x_pseudo, _) = data
+        return ops.concatenate([x_labeled, x_pseudo], axis=0)
+
+
+class NoisyStudent(TwoStreams):
     """Trains `network` on ((labeled images, one-hot), (pseudo images, soft labels)).
 
     Both batches go through the student in one forward pass (batch norm sees
@@ -132,17 +144,10 @@ class NoisyStudent(LossStep):
         self.pseudo_top1 = keras.metrics.CategoricalAccuracy(name="pseudo_top1")
         self.built = True  # the network is; no data is needed to build anything
 
-    def call(self, images, training=False):
-        return self.network(images, training=training)
-
     @property
     def metrics(self):
         return [self.loss_tracker, self.labeled_loss_tracker, self.pseudo_loss_tracker,
                 self.labeled_top1, self.pseudo_top1]
-
-    def step_inputs(self, data):
-        (x_labeled, _), (x_pseudo, _) = data
-        return ops.concatenate([x_labeled, x_pseudo], axis=0)
 
     def step_losses(self, logits, data):
         (_, y_labeled), (_, y_pseudo) = data
@@ -170,7 +175,7 @@ class NoisyStudent(LossStep):
         return {m.name: m.result() for m in self.metrics}
 
 
-class MultiLabelStudent(LossStep):
+class MultiLabelStudent(TwoStreams):
     """A multi-label noisy student: ((labeled images, multi-hot), (pseudo images,
     targets and mask side by side [batch, 2 x classes])), one forward pass, all noise
     on. The loss is `labeled_loss_weight` times the balanced BCE on the labels plus
@@ -195,17 +200,10 @@ class MultiLabelStudent(LossStep):
             name="labeled_auc_pr")
         self.built = True
 
-    def call(self, images, training=False):
-        return self.network(images, training=training)
-
     @property
     def metrics(self):
         return [self.loss_tracker, self.labeled_loss_tracker, self.pseudo_loss_tracker,
                 self.labeled_auc]
-
-    def step_inputs(self, data):
-        (x_labeled, _), (x_pseudo, _) = data
-        return ops.concatenate([x_labeled, x_pseudo], axis=0)
 
     def step_losses(self, logits, data):
         from nstudent.training.multilabel import global_balanced_bce
