@@ -71,16 +71,22 @@ def calibration_figures(logits, labels, temperature=1.0):
             "brier": brier_score(p, y)}
 
 
-def network_outputs(network, batches):
-    """(float32 logits, the targets as given) of a network in inference mode over
-    (images, targets) batches."""
+def predicted_logits(predict, batches):
+    """(float32 logits, the targets as given) over (images, targets) batches;
+    `predict(images)` gives the logits (a Classifier's `logits`, or `network_outputs`'
+    network in inference mode)."""
     logits, targets = [], []
     for images, target in batches.as_numpy_iterator():
-        logits.append(np.asarray(network(images, training=False), np.float32))
+        logits.append(np.asarray(predict(images), np.float32))
         targets.append(target)
     if not logits:
         raise InputError("No images to compute logits on.")
     return np.concatenate(logits), np.concatenate(targets)
+
+
+def network_outputs(network, batches):
+    """(float32 logits, the targets as given) of a network in inference mode."""
+    return predicted_logits(lambda images: network(images, training=False), batches)
 
 
 def network_logits(network, batches):

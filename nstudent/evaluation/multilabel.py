@@ -16,6 +16,11 @@ from nstudent.errors import InputError
 DEFAULT_THRESHOLD = 0.5  # for a class whose validation images have no positive
 
 
+def sigmoid(logits, temperature=1.0):
+    """float64 sigmoid of logits / temperature."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64) / float(temperature)))
+
+
 def _checked(scores, targets):
     s = np.asarray(scores, np.float64)
     y = np.asarray(targets)

@@ -1,6 +1,6 @@
-"""Pictures people would rather look at than read: the confusion matrix of a classifier
-on the test split (a multi-label one's average precision per class). PNGs through matplotlib (Agg), written whole (temporary name, then
-renamed)."""
+"""Pictures people would rather look at than read: the confusion matrix of a
+classifier on the test split (a multi-label one's average precision per class).
+PNGs through matplotlib (Agg), written whole (temporary name, then renamed)."""
 
 import os
 

@@ -296,6 +296,7 @@ def held_out_cutoffs(classifier, stage_data, config, calibration):
     """--min_precision's per-class cut-offs, measured on the held-out labeled images
     with the confidence the selection uses (the teacher's T times --temperature)."""
     from nstudent import data
+    from nstudent.evaluation.calibration import predicted_logits
     from nstudent.pseudo_labels.cutoffs import precision_cutoffs
 
     if classifier.logits is None:
@@ -306,12 +307,9 @@ def held_out_cutoffs(classifier, stage_data, config, calibration):
         stage_data.train.dataset(held), stage_data.info.num_classes,
         data.InputConfig.for_evaluation(classifier.image_size, config.batch_size,
                                         classifier.crop_fraction))
-    logits, labels = [], []
-    for images, onehot in batches.as_numpy_iterator():
-        logits.append(classifier.logits(images))
-        labels.append(onehot.argmax(-1))
-    probs = soften(np.concatenate(logits), config.temperature * calibration)
-    cutoffs = precision_cutoffs(probs.max(-1), probs.argmax(-1), np.concatenate(labels),
+    logits, onehot = predicted_logits(classifier.logits, batches)
+    probs = soften(logits, config.temperature * calibration)
+    cutoffs = precision_cutoffs(probs.max(-1), probs.argmax(-1), onehot.argmax(-1),
                                 stage_data.info.num_classes, config.min_precision,
                                 config.min_precision_count, config.min_confidence)
     names = stage_data.info.class_names

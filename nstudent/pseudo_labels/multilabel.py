@@ -17,14 +17,11 @@ import time
 import numpy as np
 from absl import logging
 
+from nstudent.evaluation.multilabel import sigmoid
 from nstudent.export.atomic import write_json
 from nstudent.pseudo_labels.shards import STATS, example
 from nstudent.pseudo_labels.writer import (open_selection, write_shard_stats,
                                            write_shuffled)
-
-
-def sigmoid(logits, temperature=1.0):
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64) / float(temperature)))
 
 
 def confident_entries(logits, positive_threshold, negative_threshold, temperature=1.0,

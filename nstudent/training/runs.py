@@ -164,13 +164,10 @@ class StageRun:
             return calibration.network_outputs(network, data.eval_dataset(
                 split.dataset(indices), sd.info.num_classes, config))
 
-        def sigmoid(logits):
-            return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-
         held = sd.validation_indices
         if len(held):
             logits, targets = outputs(sd.train, held)
-            thresholds = multilabel.choose_thresholds(sigmoid(logits), targets)
+            thresholds = multilabel.choose_thresholds(multilabel.sigmoid(logits), targets)
             source = f"best F1 on {len(held)} held-out labeled images"
         else:
             thresholds = np.full(len(names), multilabel.DEFAULT_THRESHOLD)
@@ -179,7 +176,7 @@ class StageRun:
         logits, y = outputs(sd.test)
         # ranked by logit: a sigmoid saturates to equal scores that would tie
         scores = multilabel.mean_average_precision(logits, y, names)
-        f1 = multilabel.f1_scores(sigmoid(logits), y, thresholds)
+        f1 = multilabel.f1_scores(multilabel.sigmoid(logits), y, thresholds)
         if scores["skipped"]:
             logging.warning("No test positives for %s: left out of the mAP.",
                             ", ".join(map(str, scores["skipped"])))
