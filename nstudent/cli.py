@@ -191,6 +191,13 @@ def define_pseudo_label_flags():
     flags.DEFINE_float("negative_threshold", 0.05, "--task=multilabel: a confident "
                        "negative where the sigmoid is at most this; entries between the "
                        "two stay out of the student's loss (masked).")
+    flags.DEFINE_enum("multilabel_entries", "confident",
+                      ["confident", "all", "top_class"],
+                      "--task=multilabel: confident: the entries past the two thresholds, "
+                      "the rest masked (UPS). Baselines to measure it against: all: every "
+                      "entry, 1 at p >= 0.5 else 0, nothing masked; top_class: the "
+                      "teacher's most probable class 1, every other 0 (single-label "
+                      "pseudo-labels). Both baselines are hard labels.")
     flags.DEFINE_integer("label_batch_size", 512, "Inference batch size of the teacher.")
     flags.DEFINE_integer("label_chunk_size", 16384, "Images per chunk of a labeling shard: "
                          "each chunk is saved as it finishes, and a killed shard resumes "
@@ -220,6 +227,7 @@ def label_config():
                        to_label=FLAGS.to_label,
                        positive_threshold=FLAGS.positive_threshold,
                        negative_threshold=FLAGS.negative_threshold,
+                       multilabel_entries=FLAGS.multilabel_entries,
                        batch_size=FLAGS.label_batch_size, chunk_size=FLAGS.label_chunk_size)
 
 
@@ -405,7 +413,8 @@ def input_config(image_size, batch_size=None):
         randaugment_impl=augment.resolve_impl(FLAGS.randaugment_impl),
         random_flip=FLAGS.random_flip, crop=FLAGS.crop, crop_padding=FLAGS.crop_padding,
         crop_scale=_pair("crop_scale"), crop_ratio=_pair("crop_ratio"),
-        center_crop=FLAGS.center_crop, cache=FLAGS.cache, fill_value=FLAGS.fill_value)
+        center_crop=FLAGS.center_crop, cache=FLAGS.cache, fill_value=FLAGS.fill_value,
+        geometric_noise=FLAGS.task != "multilabel")
 
 
 def train_config():
@@ -547,7 +556,8 @@ def check_task(multilabel):
     """--task=multilabel where a tool takes it (`multilabel`), with the settings it
     needs: every label inside the training crop, no softmax temperature."""
     if FLAGS.task != "multilabel":
-        for name in ("labels_file", "positive_threshold", "negative_threshold"):
+        for name in ("labels_file", "positive_threshold", "negative_threshold",
+                     "multilabel_entries"):
             if name in FLAGS and FLAGS[name].present:
                 raise InputError(f"--{name} is for --task=multilabel.")
         return

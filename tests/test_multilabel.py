@@ -119,3 +119,57 @@ def test_class_weights_weigh_each_class_average():
                 den += w[c]
     loss = float(balanced_bce(masked_bce_terms(targets, mask, logits), class_weights=w))
     assert loss == pytest.approx(num / den, rel=1e-5)
+
+
+def test_baseline_entries_every_entry_at_half_and_top_class_only():
+    from nstudent.pseudo_labels import LabelConfig
+    from nstudent.pseudo_labels.multilabel import entries
+
+    # sigmoids 0.881, 0.5, 0.018 and 0.731, 0.622, 0.269
+    logits = np.array([[2.0, 0.0, -4.0], [1.0, 0.5, -1.0]])
+    targets, mask, positive = entries(logits, LabelConfig())  # confident at 0.7 / 0.05
+    assert mask.tolist() == [[1, 0, 1], [1, 0, 0]]
+    assert positive.tolist() == [[True, False, False], [True, False, False]]
+    targets, mask, _ = entries(logits, LabelConfig(multilabel_entries="all"))
+    assert targets.tolist() == [[1, 1, 0], [1, 1, 0]] and mask.min() == 1
+    targets, mask, _ = entries(logits, LabelConfig(multilabel_entries="top_class"))
+    assert targets.tolist() == [[1, 0, 0], [1, 0, 0]] and mask.min() == 1
+
+
+def _bounding_box(image):
+    """Rows and columns where the image differs from its corner pixel (background)."""
+    differs = np.abs(image[..., 0] - image[0, 0, 0]) > 8
+    rows, cols = np.flatnonzero(differs.any(1)), np.flatnonzero(differs.any(0))
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+@pytest.mark.parametrize("impl", ["keras_cv", "device"])
+def test_colour_only_noise_leaves_every_object_where_it_was(impl):
+    """Multi-label noise (geometric off) never moves an object, at magnitude 10; with
+    the geometric operations on, some image's object moves."""
+    import tensorflow as tf
+
+    from nstudent.augment import make_randaugment
+    from nstudent.augment.device import DeviceNoise
+
+    rng = np.random.default_rng(0)
+    images = np.zeros((24, 56, 56, 1), np.float32)
+    boxes = []
+    for image in images:
+        r, c = rng.integers(4, 40, 2)
+        image[r:r + 12, c:c + 12] = 255.0
+        boxes.append((r, r + 11, c, c + 11))
+
+    def noised(geometric):
+        if impl == "device":
+            return np.asarray(DeviceNoise(2, 10.0, random_flip=False, seed=1,
+                                          geometric=geometric)(images))
+        fn = make_randaugment(2, 10.0, "keras_cv", seed=1, geometric=geometric)
+        return np.stack([fn(tf.constant(x)).numpy() for x in images])
+
+    def moved(out):
+        return [max(abs(a - b) for a, b in zip(_bounding_box(x), box)) > 1
+                for x, box in zip(out, boxes)]
+
+    assert not any(moved(noised(False)))
+    assert any(moved(noised(True)))

@@ -28,6 +28,7 @@ from nstudent.errors import InputError
 OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color",
        "posterize", "contrast", "brightness", "sharpness", "shear_x", "shear_y",
        "translate_x", "translate_y")
+GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 MAX_MAGNITUDE = 10.0
 MAX_ROTATE_DEGREES = 30.0
 MAX_SHEAR = 0.3
@@ -112,12 +113,13 @@ class DeviceNoise(keras.layers.Layer):
     Inception-style random resized crop) on a [B, H, W, C] batch.
 
     Input pixels in [0, 255], any dtype; output float32 in [0, 255]. At
-    inference (training=False) it only casts.
+    inference (training=False) it only casts. `geometric` False draws from the
+    colour operations only (no rotate, shear or translate: multi-label runs).
     """
 
     def __init__(self, num_ops=2, magnitude=9.0, random_flip=True, crop_padding=0,
                  seed=None, crop_scale=None, crop_ratio=(0.75, 4 / 3),
-                 fill_value=FILL_VALUE, **kwargs):
+                 fill_value=FILL_VALUE, geometric=True, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= magnitude <= MAX_MAGNITUDE:
             raise InputError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
@@ -131,6 +133,8 @@ class DeviceNoise(keras.layers.Layer):
         self.crop_scale = None if crop_scale is None else tuple(float(v) for v in crop_scale)
         self.crop_ratio = tuple(float(v) for v in crop_ratio)
         self.fill_value = float(fill_value)
+        self.geometric = bool(geometric)
+        self.ops = OPS if self.geometric else tuple(o for o in OPS if o not in GEOMETRIC_OPS)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True  # no weights: fit() need not call it on sample data to build it
@@ -187,13 +191,15 @@ class DeviceNoise(keras.layers.Layer):
         warp = (_translation(zero, zero) if self.crop_scale is None
                 else self._resized_crop(batch, (width, height)))
         for _ in range(self.num_ops):
-            drawn = keras.random.randint((batch,), 0, len(OPS), seed=self.seed_generator)
+            drawn = keras.random.randint((batch,), 0, len(self.ops),
+                                         seed=self.seed_generator)
 
             def pick(name, drawn=drawn):
-                return ops.cast(ops.equal(drawn, OPS.index(name)), "float32")
+                return ops.cast(ops.equal(drawn, self.ops.index(name)), "float32")
 
             images = self._colour_round(images, pick)
-            warp = ops.matmul(warp, self._geometry_round(batch, (width, height), pick))
+            if self.geometric:
+                warp = ops.matmul(warp, self._geometry_round(batch, (width, height), pick))
         if self.random_flip:
             flip = ops.where(self._uniform(batch) < 0.5, -1.0, 1.0)
             warp = ops.matmul(warp, _affine(flip, zero, zero, zero + 1))
@@ -231,7 +237,7 @@ class DeviceNoise(keras.layers.Layer):
                 "magnitude": self.magnitude, "random_flip": self.random_flip,
                 "crop_padding": self.crop_padding, "seed": self.seed,
                 "crop_scale": self.crop_scale, "crop_ratio": self.crop_ratio,
-                "fill_value": self.fill_value}
+                "fill_value": self.fill_value, "geometric": self.geometric}
 
 
 def device_noise(config, seed=None):
@@ -245,4 +251,5 @@ def device_noise(config, seed=None):
     padding = config.crop_padding if config.crop == "pad" else 0
     return DeviceNoise(config.randaugment_layers, config.randaugment_magnitude,
                        config.random_flip, padding, seed=seed,
-                       fill_value=config.fill_value, name="device_noise")
+                       fill_value=config.fill_value, geometric=config.geometric_noise,
+                       name="device_noise")

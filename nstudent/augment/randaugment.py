@@ -35,10 +35,12 @@ def resolve_impl(impl):
     return "keras_cv"
 
 
-def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None, fill_value=128.0):
+def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None, fill_value=128.0,
+                     geometric=True):
     """Returns a function: float32 image [H, W, C] in [0, 255] -> same, augmented.
     Shear, translate and rotate fill what they expose with `fill_value`, as the
-    reference RandAugment does (KerasCV and Keras reflect by default)."""
+    reference RandAugment does (KerasCV and Keras reflect by default). `geometric`
+    False: the colour operations only (KerasCV's own switch, meant for boxes)."""
     if impl not in IMPLEMENTATIONS:
         raise InputError(f"Unknown RandAugment implementation {impl!r}; "
                          f"choose one of {', '.join(IMPLEMENTATIONS)}.")
@@ -47,6 +49,10 @@ def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None, fill_value=
     if num_ops < 0:
         raise InputError(f"RandAugment takes 0 (off) or more operations, got {num_ops}.")
     impl = resolve_impl(impl)
+    if impl == "keras" and not geometric:
+        raise InputError("--randaugment_impl=keras cannot leave out the geometric "
+                         "operations (a multi-label run needs that); use keras_cv or "
+                         "device.")
     if impl == "device":
         raise InputError("RandAugment 'device' runs in the model (augment.DeviceNoise), "
                          "not in tf.data.")
@@ -60,14 +66,15 @@ def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None, fill_value=
 
         layer = keras_cv.layers.RandAugment(
             value_range=(0, 255), augmentations_per_image=num_ops,
-            magnitude=strength, seed=seed)
+            magnitude=strength, geometric=geometric, seed=seed)
     else:
         import keras
 
         layer = keras.layers.RandAugment(
             value_range=(0, 255), num_ops=num_ops, factor=strength, seed=seed)
 
-    _fill_with_constant(layer, fill_value)
+    if geometric:
+        _fill_with_constant(layer, fill_value)
 
     def augment(image):
         channels = image.shape[-1]

@@ -27,6 +27,9 @@ class InputConfig:
     crop_ratio: tuple = (0.75, 4 / 3)  # random_resized: aspect ratio range
     center_crop: float = 0.875  # random_resized: evaluation keeps this central fraction
     fill_value: float = 128.0  # what geometric noise exposes is filled with this grey
+    # False: RandAugment's colour operations only (multi-label runs: a shear or a shift
+    # of up to 0.9 of the side at magnitude 9 can push a labeled object out of view)
+    geometric_noise: bool = True
     cache: str = "auto"  # auto|memory|disk|none
     shuffle_buffer: int = 16384
     # the host noise keeps the order of its input (reproducible batches; tests):

@@ -226,7 +226,8 @@ def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat
     elif augment:
         randaugment = make_randaugment(
             config.randaugment_layers, config.randaugment_magnitude,
-            config.randaugment_impl, noise_seed(seed, start), config.fill_value)
+            config.randaugment_impl, noise_seed(seed, start), config.fill_value,
+            config.geometric_noise)
 
         def noise(index, example):
             image, label = example

@@ -27,7 +27,11 @@ from nstudent.pseudo_labels.store import LabelShard, chunk_rows, shard_rows
 SELECTION_KEYS = ("hard", "min_confidence", "per_class", "max_copies", "balance",
                   "calibration", "calibration_temperature", "min_precision",
                   "min_precision_count", "held_out", "positive_threshold",
-                  "negative_threshold")
+                  "negative_threshold", "multilabel_entries")
+
+# confident: UPS's masked entries; all and top_class: the baselines it is measured
+# against (every entry hard at 0.5; the top class positive, every other negative)
+MULTILABEL_ENTRIES = ("confident", "all", "top_class")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,8 @@ class LabelConfig:
     to_label: int = 0  # > 0: to_label.csv, the images with the smallest top-2 margins
     positive_threshold: float = 0.7  # multi-label: a confident positive at p >= this
     negative_threshold: float = 0.05  # multi-label: a confident negative at p <= this
+    # multi-label: confident (masked), or a baseline: every entry at 0.5 / top class only
+    multilabel_entries: str = "confident"
     batch_size: int = 512
     chunk_size: int = 16384  # images per resumable chunk of a shard
 
@@ -71,6 +77,10 @@ class LabelConfig:
             raise InputError(f"--positive_threshold ({self.positive_threshold}) must be "
                              f"above --negative_threshold ({self.negative_threshold}), "
                              "both in [0, 1].")
+        if self.multilabel_entries not in MULTILABEL_ENTRIES:
+            raise InputError(f"--multilabel_entries must be one of "
+                             f"{', '.join(MULTILABEL_ENTRIES)}, got "
+                             f"{self.multilabel_entries!r}.")
         if self.calibration not in ("none", "temperature"):
             raise InputError(f"--calibration must be none or temperature, got "
                              f"{self.calibration!r}.")

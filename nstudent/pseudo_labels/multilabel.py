@@ -33,6 +33,23 @@ def confident_entries(logits, positive_threshold, negative_threshold, temperatur
     return targets, (positive | negative).astype(np.float32), p
 
 
+def entries(logits, config):
+    """(targets, mask, positive: bool [n, C]) of a LabelConfig's `multilabel_entries`:
+    the confident entries, or a baseline with nothing masked (every entry hard at
+    0.5, or the teacher's top class alone positive)."""
+    if config.multilabel_entries == "confident":
+        targets, mask, p = confident_entries(
+            logits, config.positive_threshold, config.negative_threshold,
+            config.temperature, config.hard)
+        return targets, mask, p >= config.positive_threshold
+    p = sigmoid(logits, config.temperature)
+    if config.multilabel_entries == "all":
+        positive = p >= 0.5
+    else:  # top_class
+        positive = np.eye(p.shape[1], dtype=bool)[p.argmax(axis=1)]
+    return positive.astype(np.float32), np.ones_like(p, np.float32), positive
+
+
 def class_weights(positives):
     """Per-class loss weights that give every class's confident positives the same
     total weight: mean(positives) / positives (0 for a class without any)."""
@@ -110,12 +127,10 @@ def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
     for shard in shards:
         kept = {"index": [], "targets": [], "mask": [], "confidence": [], "class": []}
         for chunk in shard.chunks(("index", "logits")):
-            targets, mask, p = confident_entries(
-                chunk["logits"], config.positive_threshold, config.negative_threshold,
-                config.temperature, config.hard)
+            targets, mask, positive = entries(chunk["logits"], config)
             keep = mask.any(axis=1)
             images_read += len(keep)
-            hard = (p >= config.positive_threshold).astype(np.float32)
+            hard = positive.astype(np.float32)
             if truth is not None:
                 counts.add_all(truth[chunk["index"]])
             counts.add(hard[keep], mask[keep],
@@ -124,7 +139,7 @@ def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
                                ("mask", mask[keep]),
                                # how much of the image is confident: its share of entries
                                ("confidence", mask[keep].mean(axis=1)),
-                               ("class", p[keep].argmax(axis=1))):
+                               ("class", chunk["logits"][keep].argmax(axis=1))):
                 kept[key].append(value)
         rows = {k: np.concatenate(v) for k, v in kept.items()}
         position = {int(i): k for k, i in enumerate(rows["index"])}
@@ -141,7 +156,9 @@ def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
         "task": "multilabel", "schema": 2, "settings": settings,
         "num_classes": info.num_classes, "channels": info.channels, "class_names": names,
         "positive_threshold": config.positive_threshold,
-        "negative_threshold": config.negative_threshold, "hard": config.hard,
+        "negative_threshold": config.negative_threshold,
+        "entries": config.multilabel_entries,
+        "hard": config.hard or config.multilabel_entries != "confident",
         "temperature": config.temperature,
         "images_in": sum(s["images_in"] for s in shard_stats),
         "images_read": images_read,
@@ -151,10 +168,13 @@ def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
         "class_weights": class_weights(counts.positives).tolist(),
         "classes": counts.rows(names), "seconds_selecting": time.time() - start}
     write_json(f"{out_dir}/{STATS}", stats)
+    rule = {"confident": f"positive at p >= {config.positive_threshold:g}, negative at "
+                         f"p <= {config.negative_threshold:g}",
+            "all": "baseline: every entry, positive at p >= 0.5",
+            "top_class": "baseline: the top class positive, the others negative"}
     logging.info("Multi-label pseudo-labels: %d of %d images have a confident entry "
-                 "(positive at p >= %g, negative at p <= %g).\n%s", counts.images,
-                 images_read, config.positive_threshold, config.negative_threshold,
-                 entry_table(stats))
+                 "(%s).\n%s", counts.images, images_read,
+                 rule[config.multilabel_entries], entry_table(stats))
     return stats
 
 

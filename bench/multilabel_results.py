@@ -1,0 +1,241 @@
+"""RESULTS.md figures for the multi-label noisy student on 2 x 2 Fashion-MNIST mosaics:
+the teacher, the masked student (confident positives and negatives, the rest left
+out of the loss), and two students on baseline pseudo-labels: (a) every entry
+thresholded at 0.5, nothing masked; (b) the teacher's top class only.
+
+  nohup python bench/multilabel_results.py > runs/multilabel.log 2>&1 &   # resumable
+  python bench/multilabel_results.py --write                               # the table
+
+Per seed: bench/mosaics.py writes the set (the seed draws the mosaics), one teacher
+trains on the labeled mosaics (--validation_fraction held out for its per-class
+thresholds), and per row pseudo_label.py labels the unlabeled mosaics and a student
+of the teacher's size trains from scratch on them for --student_steps. The
+pseudo-labels' precision and recall are counted against the mosaics' hidden labels
+(unlabeled_labels.csv, which no tool reads). Finished rows go to --results
+(committed); a rerun skips them.
+"""
+
+import collections
+import csv
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+from common import (
+    ROOT,
+    machine,
+    mean_std,
+    paired,
+    read_jsonl,
+    read_metrics,
+    run_tool,
+    write_results_block,
+)
+
+flags.DEFINE_string("out", "runs/multilabel", "Folder for the data and runs (not "
+                    "committed).")
+flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "multilabel.jsonl"),
+                    "Finished rows, one JSON line each (committed).")
+flags.DEFINE_list("seeds", ["0"], "Seeds (each: its own mosaics and teacher).")
+flags.DEFINE_integer("train_mosaics", 2000, "Labeled train mosaics.")
+flags.DEFINE_integer("test_mosaics", 2000, "Test mosaics.")
+flags.DEFINE_integer("unlabeled_mosaics", 20000, "Unlabeled mosaics.")
+flags.DEFINE_integer("teacher_epochs", 40, "Teacher epochs.")
+flags.DEFINE_integer("student_steps", 1000, "Steps of every student.")
+flags.DEFINE_list("rows", ["masked", "all_at_half", "top_class"], "Student rows to run.")
+flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a smaller model).")
+flags.DEFINE_bool("write", False, "Only render the RESULTS.md table from --results.")
+flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
+FLAGS = flags.FLAGS
+BEGIN, END = ("<!-- bench/multilabel_results.py: begin -->",
+              "<!-- bench/multilabel_results.py: end -->")
+
+# the main job's teacher recipe at the mosaics' 56 px; a tenth of the labeled mosaics
+# held out for the thresholds; what the pad exposes is black like the background
+TEACHER = ["--task=multilabel", "--labels_file=labels.csv",
+           "--flagfile=flags/fashion_mnist_teacher.cfg", "--channels=1",
+           "--labels_per_class=0", "--validation_fraction=0.1", "--image_size=56",
+           "--crop_padding=4", "--batch_size=64"]
+# (row, what RESULTS.md calls it, pseudo-labeling flags)
+ROWS = (
+    ("masked", "masked: positive at p >= 0.7, negative at p <= 0.05, the rest masked",
+     ["--multilabel_entries=confident"]),
+    ("all_at_half", "(a) every entry at 0.5, nothing masked",
+     ["--multilabel_entries=all"]),
+    ("top_class", "(b) the top class only (single-label pseudo-labels)",
+     ["--multilabel_entries=top_class"]),
+)
+STUDENT = ["--unlabeled_ratio=3", "--warmup_epochs=1", "--backup_every_steps=200"]
+
+
+def write_mosaics(root, seed):
+    if not os.path.exists(os.path.join(root, "mosaics.json")):
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "mosaics.py"),
+                        f"--out={root}", f"--seed={seed}",
+                        f"--train_mosaics={FLAGS.train_mosaics}",
+                        f"--test_mosaics={FLAGS.test_mosaics}",
+                        f"--unlabeled_mosaics={FLAGS.unlabeled_mosaics}"],
+                       cwd=ROOT, check=True)
+    return json.load(open(os.path.join(root, "mosaics.json")))
+
+
+def pseudo_label_scores(labels_dir, data_root, names):
+    """Micro precision and recall of the pseudo-labels' positives (target >= 0.5 where
+    not masked) against the hidden labels over every unlabeled mosaic, and the share
+    of entries masked."""
+    from nstudent import data
+    from nstudent.pseudo_labels import read_records
+
+    split = data.load_unlabeled(f"folder:{data_root}/unlabeled", 1)
+    with open(os.path.join(data_root, "unlabeled_labels.csv")) as f:
+        hidden = {row[0]: set(filter(None, row[1].split(";")))
+                  for row in list(csv.reader(f))[1:]}
+    truth = np.array([[n in hidden[os.path.basename(p)] for n in names]
+                      for p in split.paths])
+    called = np.zeros_like(truth)
+    masked = 0
+    for r in read_records(labels_dir):
+        mask = np.asarray(r["mask"]) > 0
+        called[int(r["index"])] = mask & (np.asarray(r["label"]) >= 0.5)
+        masked += int((~mask).sum())
+    tp = int((called & truth).sum())
+    return {"pseudo_precision": round(tp / max(int(called.sum()), 1), 4),
+            "pseudo_recall": round(tp / max(int(truth.sum()), 1), 4),
+            "pseudo_positives_per_image": round(float(called.sum(1).mean()), 4),
+            "hidden_labels_per_image": round(float(truth.sum(1).mean()), 4),
+            "masked_share": round(masked / truth.size, 4)}
+
+
+def _train(out, *args):
+    """train.py unless `out` holds a finished run; (metrics, CPU seconds, minutes)."""
+    start, cpu = time.time(), _children_cpu()
+    if not os.path.exists(os.path.join(out, "metrics.json")):
+        run_tool("train.py", *args, f"--out={out}")
+    return (read_metrics(out), round(_children_cpu() - cpu, 1),
+            round((time.time() - start) / 60, 2))
+
+
+def _children_cpu():
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def _record(line):
+    line.update(settings={"train_mosaics": FLAGS.train_mosaics,
+                          "test_mosaics": FLAGS.test_mosaics,
+                          "unlabeled_mosaics": FLAGS.unlabeled_mosaics,
+                          "teacher_epochs": FLAGS.teacher_epochs,
+                          "student_steps": FLAGS.student_steps, "flags": FLAGS.flags},
+                machine=machine(), date=datetime.date.today().isoformat())
+    with open(FLAGS.results, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(json.dumps(line), flush=True)
+
+
+def _scores(metrics):
+    return {"test_map": round(metrics["test_map"], 4),
+            "test_micro_f1": round(metrics["test_micro_f1"], 4),
+            "test_macro_f1": round(metrics["test_macro_f1"], 4),
+            "steps": metrics["optimizer_iterations"]}
+
+
+def run_seed(seed, done):
+    root = os.path.abspath(os.path.join(FLAGS.out, f"seed{seed}"))
+    data_root = os.path.join(root, "mosaics")
+    summary = write_mosaics(data_root, seed)
+    base = [*TEACHER, f"--dataset=folder:{data_root}/labeled",
+            f"--unlabeled_dataset=folder:{data_root}/unlabeled", f"--seed={seed}",
+            *FLAGS.flags]
+    teacher = os.path.join(root, "teacher")
+    t, cpu, minutes = _train(teacher, *base, f"--epochs={FLAGS.teacher_epochs}")
+    if ("teacher", seed) not in done:
+        _record({"row": "teacher", "seed": seed, **_scores(t), "cpu_seconds": cpu,
+                 "minutes": minutes, "labels_per_image": summary["sets"]["train"][
+                     "labels_per_image"]})
+    names = summary["classes"]
+    for row, _, entry_flags in ROWS:
+        if row not in FLAGS.rows or (row, seed) in done:
+            continue
+        labels = os.path.join(root, f"labels_{row}")
+        if not os.path.exists(os.path.join(labels, "stats.json")):
+            run_tool("pseudo_label.py", *base, *entry_flags, f"--teacher={teacher}",
+                     f"--out={labels}")
+        scores = pseudo_label_scores(labels, data_root, names)
+        s, cpu, minutes = _train(os.path.join(root, f"student_{row}"), *base, *STUDENT,
+                                 f"--pseudo_labels={labels}",
+                                 f"--student_steps={FLAGS.student_steps}")
+        _record({"row": row, "seed": seed, **_scores(s), **scores,
+                 "teacher_map": round(t["test_map"], 4), "cpu_seconds": cpu,
+                 "minutes": minutes})
+
+
+def render(results):
+    latest = {(r["row"], r["seed"]): r for r in results}
+    by_row = collections.defaultdict(list)
+    for (row, _), r in sorted(latest.items()):
+        by_row[row].append(r)
+    rows = list(latest.values())
+
+    def ms(values, digits=4):
+        mean, std = mean_std(values)
+        return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+    described = {"teacher": "teacher (labeled mosaics only)",
+                 **{row: text for row, text, _ in ROWS}}
+    lines = ["| row | runs | test mAP | micro F1 | macro F1 | pseudo-label recall | "
+             "pseudo-label precision | masked entries | mAP - teacher (paired) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in ["teacher"] + [r for r, _, _ in ROWS]:
+        rs = by_row.get(row)
+        if not rs:
+            continue
+        pseudo = ["-"] * 3
+        diff = "-"
+        if row != "teacher":
+            pseudo = [ms([r[k] for r in rs], 3) for k in
+                      ("pseudo_recall", "pseudo_precision", "masked_share")]
+            d, mean, std, counts = paired(rows, row, "teacher", key="test_map")
+            if d:
+                diff = (f"{100 * mean:+.2f}" + ("" if std is None else
+                                                 f" ± {100 * std:.2f}") + " points"
+                        + ("" if std is None else " (counts)" if counts else
+                           " (does not count)"))
+        lines.append(f"| {described[row]} | {len(rs)} | {ms([r['test_map'] for r in rs])}"
+                     f" | {ms([r['test_micro_f1'] for r in rs])} | "
+                     f"{ms([r['test_macro_f1'] for r in rs])} | " + " | ".join(pseudo)
+                     + f" | {diff} |")
+    any_row = next(iter(latest.values()))
+    s = any_row["settings"]
+    lines.append("")
+    lines.append(f"{s['train_mosaics']} labeled, {s['unlabeled_mosaics']} unlabeled and "
+                 f"{s['test_mosaics']} test mosaics per seed; teacher "
+                 f"{s['teacher_epochs']} epochs, students {s['student_steps']} steps; "
+                 f"{any_row['machine']['cpus']} CPUs, {any_row['date']}. "
+                 "Rendered by `python bench/multilabel_results.py --write`.")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    results = read_jsonl(FLAGS.results)
+    if not FLAGS.write:
+        for seed in (int(s) for s in FLAGS.seeds):
+            done = {(r["row"], r["seed"]) for r in read_jsonl(FLAGS.results)}
+            run_seed(seed, done)
+        results = read_jsonl(FLAGS.results)
+    if not results:
+        logging.info("No finished rows in %s yet.", FLAGS.results)
+        return
+    table = render(results)
+    print(table)
+    if FLAGS.write:
+        write_results_block(BEGIN, END, table, FLAGS.results_md)
+
+
+if __name__ == "__main__":
+    app.run(main)
