@@ -562,9 +562,9 @@ def check_task(multilabel):
                 raise InputError(f"--{name} is for --task=multilabel.")
         return
     if not multilabel:
-        raise InputError("--task=multilabel: train.py (a teacher or a student) and "
-                         "pseudo_label.py take multi-label data; this tool does not in "
-                         "this version.")
+        raise InputError("--task=multilabel: train.py (a teacher or a student), "
+                         "pseudo_label.py, pipeline.py and evaluate.py take multi-label "
+                         "data; this tool does not in this version.")
     if FLAGS.crop == "random_resized":
         raise InputError("--task=multilabel needs --crop=pad: a random-resized crop can "
                          "cut a labeled object out of the image and keep its label.")

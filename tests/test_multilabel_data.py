@@ -207,6 +207,12 @@ def test_multilabel_teacher_scores_thresholds_and_serving(ml_teacher):
     held = 1 / (1 + np.exp(-_logits(network, splits["train"], stage_data.validation_indices)))
     for c, t in enumerate(thresholds):  # a held-out score of its class (or the default)
         assert t == 0.5 or np.min(np.abs(held[:, c] - t)) < 1e-5
+    # the exported head is calibrated on the held-out images: per class (with positives
+    # and negatives there), the mean sigmoid is the share of positives
+    truth = splits["train"].labels[stage_data.validation_indices]
+    for c in range(3):
+        if 0 < truth[:, c].mean() < 1:
+            assert held[:, c].mean() == pytest.approx(truth[:, c].mean(), abs=1e-3)
     images = np.stack([x for x, _ in splits["test"].dataset().as_numpy_iterator()])
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
     served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](
@@ -334,3 +340,115 @@ def test_two_stage_multilabel_pipeline(ml_teacher, tmp_path):
         training.train_student(str(tmp_path / "s2"), single, pseudo, config,
                                data.InputConfig(image_size=16, batch_size=2),
                                training.TrainConfig(epochs=1))
+
+
+def _tool(*args):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT, env=env)
+
+
+def test_evaluate_tool_scores_a_multilabel_run_as_its_run_did(ml_teacher, tmp_path):
+    """tools/evaluate.py on the run: the test mAP and F1 at the recorded thresholds that
+    the run itself reported; without --task=multilabel, one line and exit 2."""
+    root, _, _, out, metrics, _ = ml_teacher
+    common = [os.path.join(ROOT, "tools", "evaluate.py"), f"--model={out}",
+              f"--dataset=folder:{root}", "--channels=1"]
+    result = _tool(*common, "--task=multilabel", "--labels_file=labels.csv",
+                   f"--output={tmp_path}/ev.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.load(open(tmp_path / "ev.json"))
+    assert scores["map"] == pytest.approx(metrics["test_map"], abs=1e-5)
+    assert scores["micro_f1"] == pytest.approx(metrics["test_micro_f1"], abs=1e-5)
+    assert scores["thresholds"] == metrics["thresholds"]
+    assert f"mAP {metrics['test_map']:.4f}" in result.stdout
+    refused = _tool(*common)
+    assert refused.returncode == 2 and "pass --task=multilabel" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_predict_writes_every_class_above_its_threshold_as_served(ml_teacher, tmp_path):
+    """tools/predict.py on new images: each row's classes are those serving_default
+    marks in `labels`, and its probabilities are the served sigmoids."""
+    root, splits, _, out, _, _ = ml_teacher
+    csv_path = tmp_path / "p.csv"
+    result = _tool(os.path.join(ROOT, "tools", "predict.py"), f"--model={out}",
+                   f"--input=folder:{root}/test", f"--output={csv_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.reader(open(csv_path)))
+    names = json.load(open(out / "model_info.json"))["dataset"]["class_names"]
+    assert rows[0] == ["image", "labels", *names] and len(rows) == 11
+    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    thresholds = np.asarray(json.load(open(out / "model_info.json"))["thresholds"])
+    images = dict(zip(splits["test"].paths, (x for x, _ in splits["test"].dataset())))
+    for row in rows[1:]:
+        served = serve(images=images[row[0]][None])
+        p = served["probabilities"].numpy()[0]
+        np.testing.assert_allclose([float(v) for v in row[2:]], p, atol=1e-3)
+        clear = np.abs(p - thresholds) > 1e-3  # not on a threshold's edge
+        written = np.array([n in row[1].split(";") for n in names])
+        assert np.array_equal(written[clear], served["labels"].numpy()[0][clear] > 0)
+
+
+def test_fgsm_of_a_multilabel_model_steps_on_the_summed_bce(ml_teacher):
+    """The input gradient is that of sum over classes of the binary cross-entropy
+    (softplus(z) - y z per entry, written out here), not of a softmax cross-entropy;
+    the report scores mAP, with FGSM at 0 equal to the clean mAP of the run."""
+    from nstudent.evaluation import load_classifier, robustness_report
+    from nstudent.evaluation.robustness import input_gradient
+
+    _, splits, stage_data, out, metrics, network = ml_teacher
+    batches = data.eval_dataset(splits["test"].dataset(), 3,
+                                data.InputConfig(image_size=16, batch_size=10))
+    x, y = next(iter(batches))
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z = network(x, training=False)
+        loss = tf.reduce_sum(tf.nn.softplus(z) - tf.cast(y, tf.float32) * z)
+    reference = tape.gradient(loss, x).numpy()
+    mine = input_gradient(network, x.numpy(), y.numpy(), multilabel=True)
+    np.testing.assert_allclose(mine, reference, rtol=1e-3,
+                               atol=1e-4 * np.abs(reference).max())
+    softmax = input_gradient(network, x.numpy(), y.numpy())
+    assert not np.array_equal(np.sign(softmax), np.sign(reference))
+    report = robustness_report(load_classifier(str(out), prefer="keras", multilabel=True),
+                               splits["test"], stage_data.info, 16, 8,
+                               corruptions=("contrast",), severities=(3,),
+                               epsilons=(0.0, 8 / 255))
+    assert report["metric"] == "map"
+    assert report["clean_map"] == pytest.approx(metrics["test_map"], abs=1e-5)
+    assert report["fgsm"]["0"] == pytest.approx(report["clean_map"], abs=1e-6)
+    assert 0 <= report["mean_corruption_map"] <= 1 and "8/255: mAP" in \
+        __import__("nstudent.evaluation", fromlist=["report_table"]).report_table(report)
+
+
+def test_pipeline_tool_runs_a_multilabel_generation_and_reports_map(ml_teacher, tmp_path):
+    """tools/pipeline.py --task=multilabel: teacher, confident-entry pseudo-labels, a
+    student, robustness; the table and the final line report mAP, each row the test
+    mAP its run recorded."""
+    root, _, _, _, _, _ = ml_teacher
+    out = tmp_path / "run"
+    result = _tool(os.path.join(ROOT, "tools", "pipeline.py"), f"--dataset=folder:{root}",
+                   "--task=multilabel", "--labels_file=labels.csv", "--channels=1",
+                   "--labels_per_class=4", "--validation_fraction=0.25", "--model=b0",
+                   "--width_scale=0.25", "--depth_scale=0.25", "--image_size=16",
+                   "--batch_size=4", "--epochs=1", "--student_steps=2",
+                   "--unlabeled_ratio=2", "--positive_threshold=0.6",
+                   "--negative_threshold=0.3", "--generations=1",
+                   "--corruptions=contrast", "--fgsm_epsilons=2/255",
+                   "--robustness_examples=10", "--bn_recalibration_batches=1",
+                   f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| gen | model | parameters | test mAP | micro F1 | macro F1 |" in result.stdout
+    assert "mean corruption mAP" in result.stdout
+    for g in ("gen0", "gen1"):
+        recorded = json.load(open(out / g / "metrics.json"))["test_map"]
+        assert f"{recorded:.4f}" in result.stdout
+    assert json.load(open(out / "pseudo_labels_for_gen1" / "stats.json"))["task"] == \
+        "multilabel"
+    assert "teacher (gen0) test mAP" in result.stdout
+    assert (out / "accuracy.png").exists()
+    refused = _tool(os.path.join(ROOT, "tools", "pipeline.py"), f"--dataset=folder:{root}",
+                    "--task=multilabel", "--finetune_resolution=32", f"--out={tmp_path}/x")
+    assert refused.returncode == 2 and "--finetune_resolution is not for" in refused.stderr

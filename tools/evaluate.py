@@ -1,9 +1,14 @@
 """Top-1/top-5 of an exported model (run folder, .keras or SavedModel); optionally
-its accuracy under common corruptions and FGSM.
+its accuracy under common corruptions and FGSM. A multi-label model
+(--task=multilabel): mAP, per-class AP, and micro and macro F1 at the thresholds
+its run recorded; under corruptions and FGSM (on the summed binary cross-entropy),
+mAP.
 
   python tools/evaluate.py --model=runs/teacher --dataset=fashion_mnist --split=test
   python tools/evaluate.py --model=runs/fashion_mnist/gen1 --corruptions=all \
       --fgsm_epsilons=2/255,8/255 --output=gen1_robustness.json
+  python tools/evaluate.py --model=runs/tags/gen1 --task=multilabel \
+      --dataset=folder:tagged --labels_file=labels.csv
 """
 
 import os
@@ -40,7 +45,9 @@ def main(argv):
     from nstudent import data, evaluation, export
 
     def stage():
-        classifier = evaluation.load_classifier(FLAGS.model, prefer=FLAGS.prefer)
+        classifier = evaluation.load_classifier(FLAGS.model, prefer=FLAGS.prefer,
+                                                multilabel=True)
+        _check_task(classifier)
         info, splits = cli.load_dataset((FLAGS.split,))
         classifier.check_dataset(info)
         size = FLAGS.image_size or classifier.image_size or info.image_size
@@ -52,6 +59,8 @@ def main(argv):
         batches = data.eval_dataset(
             splits[FLAGS.split].dataset(indices), info.num_classes,
             data.InputConfig.for_evaluation(size, FLAGS.batch_size, classifier.crop_fraction))
+        if classifier.multilabel:
+            return _multilabel(classifier, info, batches, size)
         metrics = evaluation.top_k_accuracy(classifier, batches, info.num_classes)
         metrics.update(model=os.path.abspath(classifier.path), format=classifier.kind,
                        dataset=FLAGS.dataset, split=FLAGS.split, image_size=size)
@@ -67,6 +76,38 @@ def main(argv):
     return cli.run_stage(stage, validate=False)
 
 
+def _check_task(classifier):
+    """The model and --task must agree: a sigmoid per class or a softmax."""
+    if classifier.multilabel and FLAGS.task != "multilabel":
+        raise InputError(f"{FLAGS.model} is a multi-label classifier: pass "
+                         "--task=multilabel (and --labels_file for a folder).")
+    if FLAGS.task == "multilabel" and not classifier.multilabel:
+        raise InputError(f"{FLAGS.model} is a single-label classifier (a softmax); "
+                         "--task=multilabel needs a model trained with it.")
+
+
+def _multilabel(classifier, info, batches, size):
+    from nstudent import evaluation, export
+
+    names = list(info.class_names)
+    scores = evaluation.multilabel_scores(classifier, batches, names)
+    metrics = {"task": "multilabel", "map": scores["map"],
+               "average_precision": dict(zip(names, scores["per_class"])),
+               "skipped_classes": scores["skipped"], "micro_f1": scores["micro_f1"],
+               "macro_f1": scores["macro_f1"], "examples": scores["examples"],
+               "thresholds": dict(zip(names, classifier.thresholds.tolist())),
+               "model": os.path.abspath(classifier.path), "format": classifier.kind,
+               "dataset": FLAGS.dataset, "split": FLAGS.split, "image_size": size}
+    skipped = (f"; no positives for {', '.join(map(str, scores['skipped']))} (left out "
+               "of the mAP)" if scores["skipped"] else "")
+    print(f"{FLAGS.dataset}:{FLAGS.split} ({scores['examples']} images, {size} px) "
+          f"mAP {scores['map']:.4f}  micro F1 {scores['micro_f1']:.4f}  macro F1 "
+          f"{scores['macro_f1']:.4f} at the run's thresholds{skipped}  [{classifier.kind}]")
+    if FLAGS.output:
+        export.write_json(FLAGS.output, metrics)
+    return 0
+
+
 def _robustness(classifier, info, split, size):
     from nstudent import evaluation, export
 
@@ -74,7 +115,8 @@ def _robustness(classifier, info, split, size):
                    else FLAGS.corruptions)
     epsilons = [evaluation.parse_epsilon(e) for e in FLAGS.fgsm_epsilons]
     if epsilons and classifier.keras_model is None:
-        classifier = evaluation.load_classifier(FLAGS.model, prefer="keras")
+        classifier = evaluation.load_classifier(FLAGS.model, prefer="keras",
+                                                multilabel=True)
     try:
         severities = [int(s) for s in FLAGS.severities]
     except ValueError:

@@ -104,8 +104,14 @@ def check_flags():
     """The shared flags and the pipeline's own, all before any data is read."""
     from nstudent import evaluation, models
 
-    cli.validate_flags()
+    cli.validate_flags(multilabel=True)
     cli.check_flag_ranges(PIPELINE_RANGES)
+    if FLAGS.task == "multilabel":
+        for name in ("pretrain", "finetune_resolution"):
+            if getattr(FLAGS, name):
+                raise InputError(f"--{name} is not for --task=multilabel in this version "
+                                 "(the teacher, pseudo-labels, students and robustness "
+                                 "are).")
     unknown = [m for m in FLAGS.models or [FLAGS.model] if m not in models.VARIANTS]
     if unknown:
         raise InputError(f"--models: unknown variant(s) {', '.join(unknown)}; choose from "
@@ -195,14 +201,15 @@ def main(argv):
     code = cli.run_stage(stage, validate=check_flags)
     if code:
         return code
-    plot = os.path.join(FLAGS.out, "accuracy.png")
+    plot = os.path.join(FLAGS.out, "accuracy.png")  # mAP for a multi-label run
     pipeline.plot_accuracy(rows, plot)
     print(pipeline.results_table(rows))
     first = rows[0]
     last = [r for r in rows if r["stage"] != "finetune"][-1]
-    print(f"teacher (gen0) test top-1 {first['test_top1']:.4f} -> student "
-          f"(gen{last['generation']}) {last['test_top1']:.4f} "
-          f"({100 * (last['test_top1'] - first['test_top1']):+.2f} points); plot: {plot}")
+    key, name = ("test_map", "mAP") if "test_map" in first else ("test_top1", "top-1")
+    print(f"teacher (gen0) test {name} {first[key]:.4f} -> student "
+          f"(gen{last['generation']}) {last[key]:.4f} "
+          f"({100 * (last[key] - first[key]):+.2f} points); plot: {plot}")
     logging.info("Pipeline finished: %s", FLAGS.out)
     return 0
 

@@ -11,6 +11,9 @@ top-k classes and their probabilities, as the model serves them.
 and prepared as serving_default prepares them (a square resize, or the shorter
 side and a centre crop); unreadable files stop the run with their name, or with
 --skip_corrupt_images are skipped and counted. The CSV is written whole or not at all.
+A multi-label model's CSV has, per image, every class at or above its threshold
+(the run's, as serving_default's `labels`; `;`-separated, empty when none) and
+each class's sigmoid probability.
 """
 
 import csv
@@ -32,7 +35,8 @@ flags.DEFINE_string("input", None, "Images to classify: folder:PATH, tfrecord:PA
                     "tfds:NAME[:SPLIT].", required=True)
 flags.DEFINE_string("output", None, "The CSV to write.", required=True)
 flags.DEFINE_integer("top_k", 3, "Classes per image, most probable first (at most the "
-                     "model's classes).")
+                     "model's classes). A multi-label model writes every class above "
+                     "its threshold instead.")
 flags.DEFINE_integer("batch_size", 256, "Images per batch.")
 flags.DEFINE_integer("channels", 0, "Expect the model to take this many channels (1 or "
                      "3); 0: whatever it takes (images are converted to it).")
@@ -91,13 +95,19 @@ def _write_rows(writer, classifier, split, top_k, batch_size, names):
         if k is None:
             k = min(top_k, probs.shape[1])
             names = names or [str(c) for c in range(probs.shape[1])]
-            writer.writerow(["image"] + [f"{col}_{i}" for i in range(1, k + 1)
+            writer.writerow(["image", "labels", *names] if classifier.multilabel else
+                            ["image"] + [f"{col}_{i}" for i in range(1, k + 1)
                                          for col in ("class", "probability")])
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        above = probs >= classifier.thresholds[None, :] if classifier.multilabel else None
         for row, index in enumerate(indices):
             image = split.paths[index] if split.paths is not None else int(index)
-            writer.writerow([image] + [v for c in top[row]
-                                       for v in (names[c], f"{probs[row, c]:.6f}")])
+            if classifier.multilabel:
+                writer.writerow([image, ";".join(n for n, a in zip(names, above[row]) if a),
+                                 *(f"{p:.6f}" for p in probs[row])])
+            else:
+                writer.writerow([image] + [v for c in top[row]
+                                           for v in (names[c], f"{probs[row, c]:.6f}")])
         written += len(indices)
         if time.time() - last_log > LOG_EVERY_SECONDS:
             last_log = time.time()
@@ -111,7 +121,8 @@ def main(argv):
     from nstudent import data, evaluation
 
     def stage():
-        classifier = evaluation.load_classifier(FLAGS.model, prefer=FLAGS.prefer)
+        classifier = evaluation.load_classifier(FLAGS.model, prefer=FLAGS.prefer,
+                                                multilabel=True)
         if FLAGS.channels and FLAGS.channels != classifier.channels:
             raise InputError(f"{FLAGS.model} takes {classifier.channels}-channel images, "
                              f"not --channels={FLAGS.channels}.")

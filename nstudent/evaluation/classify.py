@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from nstudent.errors import InputError, MissingInput
+from nstudent.evaluation import multilabel
 from nstudent.export.atomic import read_json
 from nstudent.export.run import MODEL_INFO, PRETRAIN
 
@@ -44,6 +45,18 @@ class Classifier:
     def temperature(self):
         """A calibrated model's T (its probabilities are softmax(logits / T)); 1.0 else."""
         return (self.info or {}).get("calibration_temperature") or 1.0
+
+    @property
+    def multilabel(self):
+        """A sigmoid per class (model_info.json's task), not a softmax."""
+        return (self.info or {}).get("task") == "multilabel"
+
+    @property
+    def thresholds(self):
+        """A multi-label model's per-class thresholds (chosen on validation images and
+        recorded by its run); 0.5 each when the run recorded none."""
+        recorded = (self.info or {}).get("thresholds")
+        return np.asarray(recorded if recorded else [0.5] * self.num_classes, np.float64)
 
     @property
     def crop_fraction(self):
@@ -114,6 +127,9 @@ def load_classifier(path, prefer="saved_model", multilabel=False):
         raise MissingInput(f"{path!r} holds neither {KERAS_FILE} nor {SAVED_MODEL_DIR}/.")
     info = _run_info(os.path.dirname(os.path.abspath(path)))
     temperature = (info or {}).get("calibration_temperature") or 1.0
+    # a multi-label model's probabilities are a sigmoid per class, as it serves them
+    activate = (_sigmoid32 if (info or {}).get("task") == "multilabel"
+                else lambda z: _softmax(z / temperature))
     if info and info.get("task") == "multilabel" and not multilabel:
         raise InputError(f"{path!r} is a multi-label classifier: its metrics.json holds "
                          "its test mAP, and its SavedModel serves sigmoid probabilities "
@@ -130,7 +146,7 @@ def load_classifier(path, prefer="saved_model", multilabel=False):
             return np.asarray(model.predict_on_batch(images), np.float32)
 
         def probabilities(images):
-            return _softmax(logits(images) / temperature)
+            return activate(logits(images))
 
         return Classifier(probabilities, path, "keras", info, model.input_shape[-1], model,
                           logits, num_classes=int(model.output_shape[-1]))
@@ -145,7 +161,7 @@ def load_classifier(path, prefer="saved_model", multilabel=False):
             # serving_default would prepare them again (a second centre crop for
             # random_resized models), so the SavedModels written here are read as
             # the .keras file is (serving divides by the same T)
-            return _softmax(logits(images) / temperature)
+            return activate(logits(images))
         images = tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8)
         return serve(images=images)["probabilities"].numpy()
 
@@ -163,6 +179,10 @@ def load_classifier(path, prefer="saved_model", multilabel=False):
                             input_size=size, num_classes=num_classes)
     classifier._loaded = loaded  # keeps the variables alive
     return classifier
+
+
+def _sigmoid32(logits):
+    return multilabel.sigmoid(logits).astype(np.float32)
 
 
 def _softmax(logits):
@@ -196,3 +216,17 @@ def top_k_accuracy(classifier, batches, num_classes):
     return {"top1": correct1 / total, "top5": correct5 / total, "examples": total,
             "ece": expected_calibration_error(np.concatenate(seen), np.concatenate(truths)),
             "calibration_temperature": classifier.temperature}
+
+
+def multilabel_scores(classifier, batches, class_names):
+    """A multi-label classifier's mAP, per-class AP and F1 at its recorded thresholds
+    over (float images, multi-hot targets) batches (evaluation/multilabel.py)."""
+    from nstudent.evaluation.calibration import predicted_logits
+
+    if classifier.logits is None:
+        raise InputError(f"{classifier.path!r} has no logits endpoint to rank images by.")
+    logits, targets = predicted_logits(classifier.logits, batches)
+    if logits.shape[-1] != len(class_names):
+        raise InputError(f"The model predicts {logits.shape[-1]} classes but the dataset "
+                         f"has {len(class_names)}.")
+    return multilabel.scores(logits, targets, classifier.thresholds, class_names)

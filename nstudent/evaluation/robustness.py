@@ -74,9 +74,17 @@ def corrupted(examples, name, severity, seed=0):
         num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def input_gradient(model, images, labels):
-    """d cross-entropy / d images, with the Keras model in inference mode."""
-    loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True)
+def input_gradient(model, images, labels, multilabel=False):
+    """d loss / d images, with the Keras model in inference mode: cross-entropy of the
+    softmax, or for a multi-label model the binary cross-entropy summed over classes
+    (the sign FGSM takes ignores the positive scale of a mean over the batch)."""
+    if multilabel:
+        def loss_fn(labels, logits):  # Keras' BCE is a mean over the classes
+            return keras.ops.sum(keras.losses.binary_crossentropy(
+                keras.ops.cast(labels, "float32"), logits, from_logits=True)) * \
+                logits.shape[-1]
+    else:
+        loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True)
     if keras.backend.backend() == "jax":
         import jax
 
@@ -91,21 +99,26 @@ def input_gradient(model, images, labels):
     raise NotImplementedError(f"FGSM is not wired for {keras.backend.backend()}.")
 
 
-def fgsm(model, images, labels, epsilon):
+def fgsm(model, images, labels, epsilon, multilabel=False):
     """One signed-gradient step of `epsilon` (a fraction of the 0-255 pixel range)."""
-    grad = input_gradient(model, images, labels)
+    grad = input_gradient(model, images, labels, multilabel)
     return np.clip(images + 255.0 * epsilon * np.sign(grad), 0.0, 255.0).astype(np.float32)
+
+
+def fgsm_logits(model, batches, epsilon, multilabel=False):
+    """(logits of the FGSM images, targets) over (float images, targets) batches."""
+    logits, targets = [], []
+    for images, labels in batches.as_numpy_iterator():
+        adv = fgsm(model, images, labels, epsilon, multilabel) if epsilon > 0 else images
+        logits.append(np.asarray(model.predict_on_batch(adv), np.float32))
+        targets.append(labels)
+    return np.concatenate(logits), np.concatenate(targets)
 
 
 def fgsm_accuracy(model, batches, epsilon):
     """Top-1 on FGSM images made from (float images, one-hot labels) batches."""
-    correct = total = 0
-    for images, labels in batches.as_numpy_iterator():
-        adv = fgsm(model, images, labels, epsilon) if epsilon > 0 else images
-        logits = np.asarray(model.predict_on_batch(adv))
-        correct += int(np.sum(logits.argmax(-1) == labels.argmax(-1)))
-        total += len(labels)
-    return correct / max(total, 1)
+    logits, labels = fgsm_logits(model, batches, epsilon)
+    return float(np.mean(logits.argmax(-1) == labels.argmax(-1))) if len(labels) else 0.0
 
 
 def spread_subset(total, examples):
@@ -115,17 +128,29 @@ def spread_subset(total, examples):
     return np.unique(np.linspace(0, total - 1, examples).round().astype(np.int64))
 
 
+def _scorer(classifier, info):
+    """(metric name, batches -> its scores' dict): top-1 (and top-5), or a multi-label
+    model's mAP."""
+    from nstudent.evaluation.classify import multilabel_scores, top_k_accuracy
+
+    if classifier.multilabel:
+        return "map", lambda b: multilabel_scores(classifier, b, info.class_names)
+    return "top1", lambda b: top_k_accuracy(classifier, b, info.num_classes)
+
+
 def robustness_report(classifier, split, info, image_size, batch_size=256,
                       corruptions=CORRUPTIONS, severities=SEVERITIES, epsilons=(),
                       examples=0, seed=0):
-    """Clean, per-corruption (and mean) and FGSM top-1 of one model on one split.
+    """Clean, per-corruption (and mean) and FGSM scores of one model on one split:
+    top-1, or mAP for a multi-label model (`metric` says which; keys clean_<metric>,
+    mean_corruption_<metric>).
 
     `examples` > 0 evaluates that many images, spread over the split (quicker).
     FGSM needs the Keras model (a run folder or `.keras` file), since it takes
     gradients through it.
     """
     from nstudent.data import InputConfig, eval_dataset
-    from nstudent.evaluation.classify import top_k_accuracy
+    from nstudent.evaluation.multilabel import mean_average_precision
 
     unknown = [c for c in corruptions if c not in _TABLES]
     if unknown:
@@ -133,29 +158,35 @@ def robustness_report(classifier, split, info, image_size, batch_size=256,
                          f"{', '.join(CORRUPTIONS)}.")
     indices = spread_subset(len(split), examples)
     config = InputConfig.for_evaluation(image_size, batch_size, classifier.crop_fraction)
+    metric, score = _scorer(classifier, info)
 
     def batches(ds):
         return eval_dataset(ds, info.num_classes, config)
 
-    clean = top_k_accuracy(classifier, batches(split.dataset(indices)), info.num_classes)
-    report = {"clean_top1": clean["top1"], "clean_top5": clean["top5"],
+    clean = score(batches(split.dataset(indices)))
+    report = {"metric": metric, f"clean_{metric}": clean[metric],
               "examples": clean["examples"], "image_size": image_size,
               "corruptions": {}, "fgsm": {}}
+    if "top5" in clean:
+        report["clean_top5"] = clean["top5"]
     for name in corruptions:
         report["corruptions"][name] = {
-            str(s): top_k_accuracy(classifier, batches(corrupted(
-                split.dataset(indices), name, s, seed)), info.num_classes)["top1"]
+            str(s): score(batches(corrupted(split.dataset(indices), name, s, seed)))[metric]
             for s in severities}
     if corruptions:
         per = [np.mean(list(v.values())) for v in report["corruptions"].values()]
-        report["mean_corruption_top1"] = float(np.mean(per))
+        report[f"mean_corruption_{metric}"] = float(np.mean(per))
     if epsilons:
         if classifier.keras_model is None:
             raise InputError(f"FGSM needs the Keras model; {classifier.path!r} is a "
                              "SavedModel (pass the run folder with --prefer=keras).")
         for eps in epsilons:
-            report["fgsm"][f"{eps:.6g}"] = fgsm_accuracy(
-                classifier.keras_model, batches(split.dataset(indices)), eps)
+            logits, targets = fgsm_logits(classifier.keras_model,
+                                          batches(split.dataset(indices)), eps,
+                                          classifier.multilabel)
+            report["fgsm"][f"{eps:.6g}"] = (
+                mean_average_precision(logits, targets)["map"] if classifier.multilabel
+                else float(np.mean(logits.argmax(-1) == targets.argmax(-1))))
     return report
 
 
@@ -174,17 +205,22 @@ def parse_epsilon(text):
     return value
 
 
+METRIC_NAMES = {"top1": "top-1", "map": "mAP"}
+
+
 def report_table(report):
-    lines = [f"clean top-1 {report['clean_top1']:.4f} ({report['examples']} images, "
+    metric = report.get("metric", "top1")
+    name = METRIC_NAMES[metric]
+    lines = [f"clean {name} {report[f'clean_{metric}']:.4f} ({report['examples']} images, "
              f"{report['image_size']} px)"]
     if report["corruptions"]:
         sev = list(next(iter(report["corruptions"].values())))
         lines.append("| corruption | " + " | ".join(f"s{s}" for s in sev) + " | mean |")
         lines.append("|---" * (len(sev) + 2) + "|")
-        for name, accs in report["corruptions"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{a:.4f}" for a in accs.values())
-                         + f" | {np.mean(list(accs.values())):.4f} |")
-        lines.append(f"mean corruption top-1 {report['mean_corruption_top1']:.4f}")
-    for eps, acc in report["fgsm"].items():
-        lines.append(f"FGSM eps={float(eps) * 255:.3g}/255: top-1 {acc:.4f}")
+        for corruption, scores in report["corruptions"].items():
+            lines.append(f"| {corruption} | " + " | ".join(f"{a:.4f}" for a in scores.values())
+                         + f" | {np.mean(list(scores.values())):.4f} |")
+        lines.append(f"mean corruption {name} {report[f'mean_corruption_{metric}']:.4f}")
+    for eps, score in report["fgsm"].items():
+        lines.append(f"FGSM eps={float(eps) * 255:.3g}/255: {name} {score:.4f}")
     return "\n".join(lines)

@@ -106,7 +106,8 @@ MODEL_KINDS = ("teacher", "student", "finetune")
 
 
 def _summary(metrics):
-    keys = ("stage", "test_top1", "test_top5", "parameters", "seconds_total",
+    keys = ("stage", "test_top1", "test_top5", "test_map", "test_micro_f1",
+            "test_macro_f1", "parameters", "seconds_total",
             "train_images_per_second", "pseudo_labeled_examples", "resolution",
             "knn_top1", "linear_eval_top1")
     return {k: metrics[k] for k in keys if k in metrics}
@@ -195,7 +196,7 @@ def _run_step(step, out_dir, path, stage_data, plan):
 def _robustness(path, stage_data, plan):
     from nstudent.evaluation import robustness_report
 
-    classifier = load_classifier(path, prefer="keras")
+    classifier = load_classifier(path, prefer="keras", multilabel=True)
     report = robustness_report(
         classifier, stage_data.test, stage_data.info, classifier.image_size, 256,
         plan.corruptions,
@@ -210,7 +211,8 @@ def _label(out_dir, gen, stage_data, plan, path):
         os.path.join(out_dir, f"gen{gen - 1}"), stage_data, plan.label, path,
         num_shards=plan.num_shards)
     summary = {k: stats[k] for k in ("records", "distinct_images", "images_read",
-                                      "above_threshold", "per_class")}
+                                      "above_threshold", "per_class", "classes")
+               if k in stats}  # a multi-label selection has per-class rows instead
     if "agreement_with_dataset_labels" in stats:
         summary["agreement_with_dataset_labels"] = stats["agreement_with_dataset_labels"]
     return summary

@@ -165,18 +165,25 @@ class StageRun:
                 split.dataset(indices), sd.info.num_classes, config))
 
         held = sd.validation_indices
+        shift = np.zeros(len(names))
         if len(held):
             logits, targets = outputs(sd.train, held)
-            thresholds = multilabel.choose_thresholds(multilabel.sigmoid(logits), targets)
+            # the balanced loss leaves each class's sigmoid off by its prior's log-odds:
+            # calibrated on held-out images and folded into the head's bias, so that
+            # pseudo-label thresholds and served probabilities mean what they say
+            shift = multilabel.fit_bias(logits, targets)
+            _shift_bias(network, shift)
+            thresholds = multilabel.choose_thresholds(
+                multilabel.sigmoid(logits + shift), targets)
             source = f"best F1 on {len(held)} held-out labeled images"
+            logging.info("Per-class logit shift calibrating the sigmoids on the held-out "
+                         "images: %s.", ", ".join(f"{n} {b:+.2f}" for n, b in
+                                                  zip(names, shift)))
         else:
             thresholds = np.full(len(names), multilabel.DEFAULT_THRESHOLD)
             source = "0.5 (no held-out labeled images: set --validation_fraction)"
             logging.warning("Multi-label thresholds: %s.", source)
-        logits, y = outputs(sd.test)
-        # ranked by logit: a sigmoid saturates to equal scores that would tie
-        scores = multilabel.mean_average_precision(logits, y, names)
-        f1 = multilabel.f1_scores(multilabel.sigmoid(logits), y, thresholds)
+        scores = multilabel.scores(*outputs(sd.test), thresholds, names)
         if scores["skipped"]:
             logging.warning("No test positives for %s: left out of the mAP.",
                             ", ".join(map(str, scores["skipped"])))
@@ -184,8 +191,9 @@ class StageRun:
             metrics, task=MULTILABEL, test_map=scores["map"],
             test_average_precision=dict(zip(names, scores["per_class"])),
             test_skipped_classes=scores["skipped"],
-            test_micro_f1=f1["micro_f1"], test_macro_f1=f1["macro_f1"],
+            test_micro_f1=scores["micro_f1"], test_macro_f1=scores["macro_f1"],
             thresholds=dict(zip(names, thresholds.tolist())), thresholds_from=source,
+            calibration_bias_shift=dict(zip(names, shift.tolist())),
             test_examples=len(sd.test)))
 
         def write():
@@ -202,7 +210,7 @@ class StageRun:
                              held_out=sd.held_out())
 
         return self.publish(metrics, write, "Test mAP %.4f, micro F1 %.4f, macro F1 %.4f" % (
-            scores["map"], f1["micro_f1"], f1["macro_f1"]))
+            scores["map"], scores["micro_f1"], scores["macro_f1"]))
 
     def assess(self, network, metrics):
         """Before the exports (the chief): the test split's confusion matrix and
@@ -300,3 +308,10 @@ class StageRun:
         if self.backup is not None:
             self.backup.remove()
         return metrics
+
+
+def _shift_bias(network, shift):
+    """Adds `shift` [classes] to the bias of the network's output layer ("logits")."""
+    layer = network.get_layer("logits")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias + np.asarray(shift, bias.dtype)])
