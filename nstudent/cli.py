@@ -243,6 +243,10 @@ def define_student_flags():
                          "into equal epochs of at most one pass over the pseudo-labeled "
                          "images; 0: --student_epochs (tools/pipeline.py), else "
                          "--train_steps or --epochs.")
+    flags.DEFINE_bool("pseudo_class_weights", False, "--task=multilabel: weigh each "
+                      "class's pseudo-label loss by stats.json's class_weights (mean "
+                      "confident positives / the class's). Off by default: on the mosaics "
+                      "it cost validation mAP (README, Multi-label).")
     flags.DEFINE_bool("pseudo_noise", True, "RandAugment, crop and flip on the "
                       "pseudo-labeled images. --nopseudo_noise is the paper's ablation: "
                       "clean pseudo-labeled images, noised labeled ones; dropout and "
@@ -263,7 +267,8 @@ def student_config():
         unlabeled_ratio=FLAGS.unlabeled_ratio, pseudo_loss_weight=FLAGS.pseudo_loss_weight,
         labeled_loss_weight=FLAGS.labeled_loss_weight,
         init_from_teacher=FLAGS.init_from_teacher, init_weights=FLAGS.init_weights or None,
-        distill_temperature=FLAGS.distill_temperature, pseudo_noise=FLAGS.pseudo_noise)
+        distill_temperature=FLAGS.distill_temperature, pseudo_noise=FLAGS.pseudo_noise,
+        pseudo_class_weights=FLAGS.pseudo_class_weights)
 
 
 def define_finetune_flags():
@@ -557,7 +562,7 @@ def check_task(multilabel):
     needs: every label inside the training crop, no softmax temperature."""
     if FLAGS.task != "multilabel":
         for name in ("labels_file", "positive_threshold", "negative_threshold",
-                     "multilabel_entries"):
+                     "multilabel_entries", "pseudo_class_weights"):
             if name in FLAGS and FLAGS[name].present:
                 raise InputError(f"--{name} is for --task=multilabel.")
         return

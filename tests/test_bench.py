@@ -190,3 +190,52 @@ print(json.dumps(out))
     assert "flag" not in out and out["flag_rc"] == 1
     # student top-1 over the two seeds that had one: 0.6 ± 0.1414 (numpy std, ddof=1)
     assert "| 0.6000 ± 0.1414 (no student in 1 of 3: too few kept) |" in out["table"]
+
+
+def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
+    """bench/multilabel_results.py on a few mosaics: the teacher and masked rows, the
+    pseudo-labels' precision and recall against the hidden labels (recounted here from
+    the records, in the classes' order of the teacher), a rerun that adds nothing, and
+    the table."""
+    import csv
+
+    import pytest
+
+    from nstudent.pseudo_labels import read_records
+
+    args = [sys.executable, os.path.join(ROOT, "bench", "multilabel_results.py"),
+            f"--out={tmp_path / 'runs'}", f"--results={tmp_path / 'ml.jsonl'}",
+            f"--results_md={tmp_path / 'RESULTS.md'}", "--train_mosaics=60",
+            "--test_mosaics=20", "--unlabeled_mosaics=40", "--teacher_epochs=1",
+            "--student_steps=2", "--rows=masked",
+            "--flags=--width_scale=0.25,--depth_scale=0.25,--image_size=16,"
+            "--batch_size=4,--bn_recalibration_batches=1,--negative_threshold=0.3"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(x) for x in open(tmp_path / "ml.jsonl")]
+    assert [x["row"] for x in lines] == ["teacher", "masked"]
+    seed = tmp_path / "runs" / "seed0"
+    names = json.load(open(seed / "teacher" / "model_info.json"))["dataset"]["class_names"]
+    with open(seed / "mosaics" / "unlabeled_labels.csv") as f:
+        hidden = {r[0]: r[1].split(";") for r in list(csv.reader(f))[1:]}
+    files = sorted(hidden)
+    right = called = 0
+    for r in read_records(str(seed / "labels_masked")):
+        truth = hidden[files[int(r["index"])]]
+        for c, name in enumerate(names):
+            if r["mask"][c] and r["label"][c] >= 0.5:
+                called += 1
+                right += name in truth
+    row = lines[1]
+    assert row["pseudo_precision"] == pytest.approx(right / max(called, 1), abs=1e-4)
+    assert row["pseudo_recall"] == pytest.approx(
+        right / sum(len([c for c in v if c]) for v in hidden.values()), abs=1e-4)
+    assert row["steps"] == 2 and 0 <= row["test_map"] <= 1
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and len(open(tmp_path / "ml.jsonl").readlines()) == 2
+    (tmp_path / "RESULTS.md").write_text("# Results\n")
+    written = subprocess.run(args + ["--write"], capture_output=True, text=True, timeout=300,
+                             env=env)
+    assert written.returncode == 0, written.stderr[-3000:]
+    assert "| teacher (labeled mosaics only) | 1 |" in (tmp_path / "RESULTS.md").read_text()

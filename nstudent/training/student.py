@@ -82,6 +82,11 @@ class StudentConfig:
     # RandAugment, crop and flip on the pseudo-labeled images; off only for the paper's
     # ablation (dropout and stochastic depth stay: both streams share one forward pass)
     pseudo_noise: bool = True
+    # multi-label: weigh each class's pseudo-label loss by stats.json's class_weights
+    # (off: the balanced BCE already gives each class's positives their own average;
+    # on the mosaics the weights, up to 18x where the teacher was rarely sure, cost
+    # 0.08 of validation mAP: README, Multi-label)
+    pseudo_class_weights: bool = False
 
     def __post_init__(self):
         if self.unlabeled_ratio < 1:
@@ -170,7 +175,9 @@ class StudentStage:
             if multilabel:
                 self.student = MultiLabelStudent(
                     noised, info.num_classes, config.pseudo_loss_weight,
-                    config.labeled_loss_weight, pseudo.stats.get("class_weights"))
+                    config.labeled_loss_weight,
+                    pseudo.stats.get("class_weights") if config.pseudo_class_weights
+                    else None)
             else:
                 self.student = NoisyStudent(
                     noised, config.pseudo_loss_weight, train_config.label_smoothing,
