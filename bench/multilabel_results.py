@@ -51,7 +51,9 @@ flags.DEFINE_integer("student_steps", 3360, "Steps of every student (and the con
                      "the teacher's 120 epochs of 28.")
 flags.DEFINE_list("rows", ["masked", "all_at_half", "top_class"], "Rows to run after "
                   "the teacher, in this order; 'control' (the teacher's recipe for "
-                  "--student_steps) when they differ from the teacher's.")
+                  "--student_steps); a row name ending in _long (masked_long, "
+                  "control_long, ...) runs at --long_steps instead.")
+flags.DEFINE_integer("long_steps", 6720, "Steps of the _long rows: twice the teacher's.")
 flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a smaller model).")
 flags.DEFINE_bool("write", False, "Only render the RESULTS.md table from --results.")
 flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
@@ -172,22 +174,23 @@ def run_seed(seed, done):
     for row in FLAGS.rows:
         if (row, seed) in done:
             continue
-        if row == "control":  # the teacher's recipe for the students' step count
-            c, cpu, minutes = _train(os.path.join(root, "control"), *base,
-                                     f"--train_steps={FLAGS.student_steps}")
+        # "<row>_long": the same at --long_steps (a longer budget for student and control)
+        kind, long = (row[:-len("_long")], True) if row.endswith("_long") else (row, False)
+        steps = FLAGS.long_steps if long else FLAGS.student_steps
+        if kind == "control":  # the teacher's recipe for the students' step count
+            c, cpu, minutes = _train(os.path.join(root, row), *base,
+                                     f"--train_steps={steps}")
             _record({"row": row, "seed": seed, **_scores(c),
                      "teacher_map": round(t["test_map"], 4), "cpu_seconds": cpu,
                      "minutes": minutes})
             continue
-        entry_flags = entries[row]
-        labels = os.path.join(root, f"labels_{row}")
+        labels = os.path.join(root, f"labels_{kind}")
         if not os.path.exists(os.path.join(labels, "stats.json")):
-            run_tool("pseudo_label.py", *base, *entry_flags, f"--teacher={teacher}",
+            run_tool("pseudo_label.py", *base, *entries[kind], f"--teacher={teacher}",
                      f"--out={labels}")
         scores = pseudo_label_scores(labels, data_root, names)
         s, cpu, minutes = _train(os.path.join(root, f"student_{row}"), *base, *STUDENT,
-                                 f"--pseudo_labels={labels}",
-                                 f"--student_steps={FLAGS.student_steps}")
+                                 f"--pseudo_labels={labels}", f"--student_steps={steps}")
         _record({"row": row, "seed": seed, **_scores(s), **scores,
                  "teacher_map": round(t["test_map"], 4), "cpu_seconds": cpu,
                  "minutes": minutes})
@@ -207,10 +210,16 @@ def render(results):
     described = {"teacher": "teacher (labeled mosaics only)",
                  "control": "control: the teacher's recipe for the students' steps",
                  **{row: text for row, text, _ in ROWS}}
+    long = any(r.endswith("_long") for r in by_row)
+    if long:
+        steps = next(r["steps"] for r in rows if r["row"].endswith("_long"))
+        described.update({f"{row}_long": f"{text}, {steps:,} steps"
+                          for row, text in list(described.items()) if row != "teacher"})
     lines = ["| row | runs | test mAP | micro F1 | macro F1 | pseudo-label recall | "
              "pseudo-label precision | masked entries | mAP - teacher (paired) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for row in ["teacher", "control"] + [r for r, _, _ in ROWS]:
+    order = ["teacher", "control"] + [r for r, _, _ in ROWS]
+    for row in order + [f"{r}_long" for r in order[1:]]:
         rs = by_row.get(row)
         if not rs:
             continue
