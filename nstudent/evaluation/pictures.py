@@ -69,11 +69,14 @@ def average_precision_png(per_class, class_names, thresholds, path, title):
     ax.barh(range(n), values, color="tab:blue")
     for i, (ap, t) in enumerate(zip(per_class, thresholds)):
         text = "no test positives" if ap is None else f"AP {ap:.3f}"
-        ax.text(0.01 if ap is None else min(ap, 0.75) + 0.01, i,
-                f"{text}, threshold {t:.2f}", va="center", fontsize=7)
+        # beside the bar, in the margin right of 1.0: never over a long bar
+        ax.text((ap or 0.0) + 0.01, i, f"{text}, threshold {t:.2f}", va="center",
+                fontsize=7)
     ax.set_yticks(range(n), class_names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, 1.42)
+    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.axvline(1.0, color="0.6", linewidth=0.8)
     ax.set_xlabel("average precision (test split)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
