@@ -180,13 +180,12 @@ def robustness_report(classifier, split, info, image_size, batch_size=256,
         if classifier.keras_model is None:
             raise InputError(f"FGSM needs the Keras model; {classifier.path!r} is a "
                              "SavedModel (pass the run folder with --prefer=keras).")
+        model = classifier.keras_model
         for eps in epsilons:
-            logits, targets = fgsm_logits(classifier.keras_model,
-                                          batches(split.dataset(indices)), eps,
-                                          classifier.multilabel)
+            adversarial = batches(split.dataset(indices))
             report["fgsm"][f"{eps:.6g}"] = (
-                mean_average_precision(logits, targets)["map"] if classifier.multilabel
-                else float(np.mean(logits.argmax(-1) == targets.argmax(-1))))
+                mean_average_precision(*fgsm_logits(model, adversarial, eps, True))["map"]
+                if classifier.multilabel else fgsm_accuracy(model, adversarial, eps))
     return report
 
 
