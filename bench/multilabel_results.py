@@ -51,9 +51,12 @@ flags.DEFINE_integer("student_steps", 3360, "Steps of every student (and the con
                      "the teacher's 120 epochs of 28.")
 flags.DEFINE_list("rows", ["masked", "all_at_half", "top_class"], "Rows to run after "
                   "the teacher, in this order; 'control' (the teacher's recipe for "
-                  "--student_steps); a row name ending in _long (masked_long, "
-                  "control_long, ...) runs at --long_steps instead.")
+                  "--student_steps); a row name may end in _large (the student, or the "
+                  "control, at --large_width: masked_large, control_large) and then in "
+                  "_long (at --long_steps instead: masked_long, masked_large_long).")
 flags.DEFINE_integer("long_steps", 6720, "Steps of the _long rows: twice the teacher's.")
+# 0.75 of B0's width at depth 0.5: 2.2x the teacher's parameters, the paper's "larger"
+flags.DEFINE_float("large_width", 0.75, "--width_scale of the _large rows' student.")
 flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a smaller model).")
 flags.DEFINE_bool("write", False, "Only render the RESULTS.md table from --results.")
 flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
@@ -140,7 +143,8 @@ def _record(line):
                           "test_mosaics": FLAGS.test_mosaics,
                           "unlabeled_mosaics": FLAGS.unlabeled_mosaics,
                           "teacher_epochs": FLAGS.teacher_epochs,
-                          "student_steps": FLAGS.student_steps, "flags": FLAGS.flags},
+                          "student_steps": FLAGS.student_steps,
+                          "large_width": FLAGS.large_width, "flags": FLAGS.flags},
                 machine=machine(), date=datetime.date.today().isoformat())
     with open(FLAGS.results, "a") as f:
         f.write(json.dumps(line) + "\n")
@@ -152,6 +156,17 @@ def _scores(metrics):
             "test_micro_f1": round(metrics["test_micro_f1"], 4),
             "test_macro_f1": round(metrics["test_macro_f1"], 4),
             "steps": metrics["optimizer_iterations"]}
+
+
+def row_variant(row):
+    """"<kind>[_large][_long]" -> (kind, steps, model flags): _large trains at
+    --large_width, _long for --long_steps instead of --student_steps."""
+    steps, model = FLAGS.student_steps, []
+    if row.endswith("_long"):
+        row, steps = row[:-len("_long")], FLAGS.long_steps
+    if row.endswith("_large"):
+        row, model = row[:-len("_large")], [f"--width_scale={FLAGS.large_width}"]
+    return row, steps, model
 
 
 def run_seed(seed, done):
@@ -174,11 +189,9 @@ def run_seed(seed, done):
     for row in FLAGS.rows:
         if (row, seed) in done:
             continue
-        # "<row>_long": the same at --long_steps (a longer budget for student and control)
-        kind, long = (row[:-len("_long")], True) if row.endswith("_long") else (row, False)
-        steps = FLAGS.long_steps if long else FLAGS.student_steps
+        kind, steps, model = row_variant(row)
         if kind == "control":  # the teacher's recipe for the students' step count
-            c, cpu, minutes = _train(os.path.join(root, row), *base,
+            c, cpu, minutes = _train(os.path.join(root, row), *base, *model,
                                      f"--train_steps={steps}")
             _record({"row": row, "seed": seed, **_scores(c),
                      "teacher_map": round(t["test_map"], 4), "cpu_seconds": cpu,
@@ -190,7 +203,8 @@ def run_seed(seed, done):
                      f"--out={labels}")
         scores = pseudo_label_scores(labels, data_root, names)
         s, cpu, minutes = _train(os.path.join(root, f"student_{row}"), *base, *STUDENT,
-                                 f"--pseudo_labels={labels}", f"--student_steps={steps}")
+                                 *model, f"--pseudo_labels={labels}",
+                                 f"--student_steps={steps}")
         _record({"row": row, "seed": seed, **_scores(s), **scores,
                  "teacher_map": round(t["test_map"], 4), "cpu_seconds": cpu,
                  "minutes": minutes})
@@ -207,19 +221,22 @@ def render(results):
         mean, std = mean_std(values)
         return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
-    described = {"teacher": "teacher (labeled mosaics only)",
-                 "control": "control: the teacher's recipe for the students' steps",
-                 **{row: text for row, text, _ in ROWS}}
-    long = any(r.endswith("_long") for r in by_row)
-    if long:
-        steps = next(r["steps"] for r in rows if r["row"].endswith("_long"))
-        described.update({f"{row}_long": f"{text}, {steps:,} steps"
-                          for row, text in list(described.items()) if row != "teacher"})
+    base = {"teacher": "teacher (labeled mosaics only)",
+            "control": "control: the teacher's recipe for the students' steps",
+            **{row: text for row, text, _ in ROWS}}
+
+    def described(row):
+        rs = by_row[row]
+        text = base[row.removesuffix("_long").removesuffix("_large")]
+        if row.removesuffix("_long").endswith("_large"):
+            text += f", at width {rs[0]['settings'].get('large_width', 0.75)} (larger)"
+        return text + (f", {rs[0]['steps']:,} steps" if row.endswith("_long") else "")
+
     lines = ["| row | runs | test mAP | micro F1 | macro F1 | pseudo-label recall | "
              "pseudo-label precision | masked entries | mAP - teacher (paired) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    order = ["teacher", "control"] + [r for r, _, _ in ROWS]
-    for row in order + [f"{r}_long" for r in order[1:]]:
+    kinds = [k for r in ["control"] + [r for r, _, _ in ROWS] for k in (r, f"{r}_large")]
+    for row in ["teacher"] + kinds + [f"{r}_long" for r in kinds]:
         rs = by_row.get(row)
         if not rs:
             continue
@@ -235,7 +252,7 @@ def render(results):
                                                  f" ± {100 * std:.2f}") + " points"
                         + ("" if std is None else " (counts)" if counts else
                            " (does not count)"))
-        lines.append(f"| {described[row]} | {len(rs)} | {ms([r['test_map'] for r in rs])}"
+        lines.append(f"| {described(row)} | {len(rs)} | {ms([r['test_map'] for r in rs])}"
                      f" | {ms([r['test_micro_f1'] for r in rs])} | "
                      f"{ms([r['test_macro_f1'] for r in rs])} | " + " | ".join(pseudo)
                      + f" | {diff} |")

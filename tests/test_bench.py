@@ -195,8 +195,8 @@ print(json.dumps(out))
 def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
     """bench/multilabel_results.py on a few mosaics: the teacher and masked rows, the
     pseudo-labels' precision and recall against the hidden labels (recounted here from
-    the records, in the classes' order of the teacher), a rerun that adds nothing, and
-    the table."""
+    the records, in the classes' order of the teacher), a larger and longer student
+    (masked_large_long), a rerun that adds nothing, and the table."""
     import csv
 
     import pytest
@@ -207,14 +207,14 @@ def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
             f"--out={tmp_path / 'runs'}", f"--results={tmp_path / 'ml.jsonl'}",
             f"--results_md={tmp_path / 'RESULTS.md'}", "--train_mosaics=60",
             "--test_mosaics=20", "--unlabeled_mosaics=40", "--teacher_epochs=1",
-            "--student_steps=2", "--rows=masked",
-            "--flags=--width_scale=0.25,--depth_scale=0.25,--image_size=16,"
+            "--student_steps=2", "--rows=masked,masked_large_long", "--long_steps=3",
+            "--large_width=0.5", "--flags=--width_scale=0.25,--depth_scale=0.25,--image_size=16,"
             "--batch_size=4,--bn_recalibration_batches=1,--negative_threshold=0.3"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(x) for x in open(tmp_path / "ml.jsonl")]
-    assert [x["row"] for x in lines] == ["teacher", "masked"]
+    assert [x["row"] for x in lines] == ["teacher", "masked", "masked_large_long"]
     seed = tmp_path / "runs" / "seed0"
     names = json.load(open(seed / "teacher" / "model_info.json"))["dataset"]["class_names"]
     with open(seed / "mosaics" / "unlabeled_labels.csv") as f:
@@ -232,10 +232,17 @@ def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
     assert row["pseudo_recall"] == pytest.approx(
         right / sum(len([c for c in v if c]) for v in hidden.values()), abs=1e-4)
     assert row["steps"] == 2 and 0 <= row["test_map"] <= 1
+    # the larger row: its own student at --large_width (the teacher's 0.25 from --flags
+    # overridden) for --long_steps, on the masked pseudo-labels
+    large = json.load(open(seed / "student_masked_large_long" / "model_info.json"))
+    assert large["model"]["width_scale"] == 0.5 and lines[2]["steps"] == 3
+    assert lines[2]["pseudo_recall"] == row["pseudo_recall"]
     again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-    assert again.returncode == 0 and len(open(tmp_path / "ml.jsonl").readlines()) == 2
+    assert again.returncode == 0 and len(open(tmp_path / "ml.jsonl").readlines()) == 3
     (tmp_path / "RESULTS.md").write_text("# Results\n")
     written = subprocess.run(args + ["--write"], capture_output=True, text=True, timeout=300,
                              env=env)
     assert written.returncode == 0, written.stderr[-3000:]
-    assert "| teacher (labeled mosaics only) | 1 |" in (tmp_path / "RESULTS.md").read_text()
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "| teacher (labeled mosaics only) | 1 |" in table
+    assert ", at width 0.5 (larger), 3 steps | 1 |" in table

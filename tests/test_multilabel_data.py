@@ -285,6 +285,43 @@ def test_multilabel_pseudo_labels_equal_the_teachers_sigmoids(ml_teacher, tmp_pa
     assert chunk.stat().st_mtime_ns == before  # selected again, not labeled again
     assert sum(r["positives"] for r in again["classes"]) == (p >= 0.9)[
         ((p >= 0.9) | (p <= 0.01)).any(axis=1)].sum()
+    names = stage_data.info.class_names
+    sheets = sorted(os.listdir(labels_dir / "pictures"))
+    assert [f"{n}.png" for n in sorted(names)] == [x for x in sheets if x.endswith(".png")]
+    assert again["pictures"] == f"{labels_dir}/pictures"
+
+
+def test_multilabel_sheets_per_class_positives_and_the_rest_by_hand():
+    """Per class, from that class's sigmoid: the most probable positives, the positives
+    nearest the cut-off, the most probable entries that are not positive (ties: the
+    lower index); a class without positives has only the last row."""
+    from nstudent.pseudo_labels import sheets
+
+    p = np.array([[0.9, 0.1], [0.8, 0.6], [0.7, 0.6], [0.4, 0.2], [0.5, 0.3]])
+    positive = p >= 0.7
+    index = np.array([3, 1, 4, 0, 2])
+    chosen = sheets.choose_multilabel(p, positive, index, k=2)
+    assert chosen[0] == [[(3, 0.9), (1, 0.8)], [(4, 0.7), (1, 0.8)],
+                         [(2, 0.5), (0, 0.4)]]
+    assert chosen[1] == [[], [], [(1, 0.6), (4, 0.6)]]
+    assert sheets.candidates(chosen) == [0, 1, 2, 3, 4]
+
+
+def test_multilabel_sheets_chosen_chunk_by_chunk_equal_one_choice_over_all():
+    """Selection streams chunks and keeps only each chunk's candidates: the final
+    choice over them is the choice over every image at once."""
+    from nstudent.pseudo_labels import multilabel, sheets
+
+    rng = np.random.default_rng(0)
+    p = rng.random((500, 4)).round(2)  # many ties
+    positive = p >= 0.6
+    index = rng.permutation(500)
+    shown = {"probabilities": [], "positive": [], "index": []}
+    for part in np.array_split(np.arange(500), 7):
+        multilabel._add_candidates(shown, p[part], positive[part], index[part])
+    shown = {k: np.concatenate(v) for k, v in shown.items()}
+    assert len(shown["index"]) < 500
+    assert sheets.choose_multilabel(**shown) == sheets.choose_multilabel(p, positive, index)
 
 
 @pytest.mark.parametrize("tool, args, message", [

@@ -9,7 +9,8 @@ rare class would repeat its co-occurring labels too), and stats.json carries
 per-class loss weights that balance the confident positives instead. The targets
 are p (soft) or 0/1 (--hard_labels) and the records carry the mask (shards.py).
 Selection reads the stored logits only, so new thresholds re-select without
-labeling again.
+labeling again. Per class, pictures/<class>.png shows the most probable positives,
+the positives nearest the cut-off and the most probable images left out of them.
 """
 
 import time
@@ -19,6 +20,7 @@ from absl import logging
 
 from nstudent.evaluation.multilabel import sigmoid
 from nstudent.export.atomic import write_json
+from nstudent.pseudo_labels import sheets
 from nstudent.pseudo_labels.shards import STATS, example
 from nstudent.pseudo_labels.writer import (open_selection, write_shard_stats,
                                            write_shuffled)
@@ -124,10 +126,15 @@ def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
     truth = split.labels if split.has_labels and split.labels.ndim == 2 else None
     counts = _Counts(info.num_classes)
     images_read = 0
+    c = info.num_classes  # the sheets' candidates, from every chunk
+    shown = {"probabilities": [np.zeros((0, c))], "positive": [np.zeros((0, c), bool)],
+             "index": [np.zeros(0, np.int64)]}
     for shard in shards:
         kept = {"index": [], "targets": [], "mask": [], "confidence": [], "class": []}
         for chunk in shard.chunks(("index", "logits")):
             targets, mask, positive = entries(chunk["logits"], config)
+            _add_candidates(shown, sigmoid(chunk["logits"], config.temperature), positive,
+                            chunk["index"])
             keep = mask.any(axis=1)
             images_read += len(keep)
             hard = positive.astype(np.float32)
@@ -167,15 +174,30 @@ def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
         "distinct_images": counts.images, "records": counts.images,
         "class_weights": class_weights(counts.positives).tolist(),
         "classes": counts.rows(names), "seconds_selecting": time.time() - start}
-    write_json(f"{out_dir}/{STATS}", stats)
     rule = {"confident": f"positive at p >= {config.positive_threshold:g}, negative at "
                          f"p <= {config.negative_threshold:g}",
             "all": "baseline: every entry, positive at p >= 0.5",
             "top_class": "baseline: the top class positive, the others negative"}
+    shown = {k: np.concatenate(v) for k, v in shown.items()}
+    sheets.write_sheets(split, sheets.choose_multilabel(**shown), names, out_dir,
+                        [f"{n}: {rule[config.multilabel_entries]}" for n in names],
+                        sheets.MULTILABEL_TITLES)
+    stats["pictures"] = f"{out_dir}/{sheets.SHEETS}"
+    write_json(f"{out_dir}/{STATS}", stats)
     logging.info("Multi-label pseudo-labels: %d of %d images have a confident entry "
                  "(%s).\n%s", counts.images, images_read,
                  rule[config.multilabel_entries], entry_table(stats))
     return stats
+
+
+def _add_candidates(shown, probabilities, positive, index):
+    """Keeps of a chunk the rows its own sheets would show: the final choice over all
+    chunks is among them."""
+    keep = np.isin(index, sheets.candidates(
+        sheets.choose_multilabel(probabilities, positive, index)))
+    for key, value in (("probabilities", probabilities), ("positive", positive),
+                       ("index", index)):
+        shown[key].append(value[keep])
 
 
 def entry_table(stats):

@@ -195,7 +195,7 @@ def _pictures(split, shards, plan, cut, names, out_dir, stats):
     chosen = sheets.choose(rows["predicted"].astype(np.int64), rows["confidence"],
                            rows["index"], rows["kept"], len(names))
     sheets.write_sheets(split, chosen, names, out_dir,
-                        [r["cutoff"] for r in stats["classes"]])
+                        [sheets.heading(n, r["cutoff"]) for n, r in zip(names, stats["classes"])])
     return os.path.join(out_dir, sheets.SHEETS)
 
 
