@@ -52,8 +52,10 @@ flags.DEFINE_integer("student_steps", 3360, "Steps of every student (and the con
 flags.DEFINE_list("rows", ["masked", "all_at_half", "top_class"], "Rows to run after "
                   "the teacher, in this order; 'control' (the teacher's recipe for "
                   "--student_steps); a row name may end in _large (the student, or the "
-                  "control, at --large_width: masked_large, control_large) and then in "
-                  "_long (at --long_steps instead: masked_long, masked_large_long).")
+                  "control, at --large_width: masked_large, control_large), then in "
+                  "_long (at --long_steps instead: masked_long, masked_large_long), then "
+                  "in _gen2 (labeled by the row without _gen2, which must run first: "
+                  "masked_large_gen2).")
 flags.DEFINE_integer("long_steps", 6720, "Steps of the _long rows: twice the teacher's.")
 # 0.75 of B0's width at depth 0.5: 2.2x the teacher's parameters, the paper's "larger"
 flags.DEFINE_float("large_width", 0.75, "--width_scale of the _large rows' student.")
@@ -64,11 +66,13 @@ FLAGS = flags.FLAGS
 BEGIN, END = ("<!-- bench/multilabel_results.py: begin -->",
               "<!-- bench/multilabel_results.py: end -->")
 
+VALIDATION, IMAGE_SIZE = 0.1, 56
 # the main job's teacher recipe at the mosaics' 56 px; a tenth of the labeled mosaics
 # held out for the thresholds; what the pad exposes is black like the background
 TEACHER = ["--task=multilabel", "--labels_file=labels.csv",
            "--flagfile=flags/fashion_mnist_teacher.cfg", "--channels=1",
-           "--labels_per_class=0", "--validation_fraction=0.1", "--image_size=56",
+           "--labels_per_class=0", f"--validation_fraction={VALIDATION}",
+           f"--image_size={IMAGE_SIZE}",
            "--crop_padding=4", "--batch_size=64"]
 # (row, what RESULTS.md calls it, pseudo-labeling flags); "control" (the
 # teacher's recipe for --student_steps) runs between them, as --rows orders
@@ -158,15 +162,48 @@ def _scores(metrics):
             "steps": metrics["optimizer_iterations"]}
 
 
+# the paper's student noise where it keeps every label: RandAugment's colour operations
+# at magnitude 9 (its 27 of 30), a shift of at most 8 of 56 px (every cell keeps at least
+# 20 of its 28 px in view), dropout 0.5 before the classifier
+NOISY = ["--randaugment_magnitude=9", "--crop_padding=8", "--dropout=0.5"]
+
+
 def row_variant(row):
-    """"<kind>[_large][_long]" -> (kind, steps, model flags): _large trains at
-    --large_width, _long for --long_steps instead of --student_steps."""
+    """"<kind>[_large][_noisy][_long][_gen2]" -> (kind, steps, student flags, labeler):
+    _large trains at --large_width, _noisy with NOISY, _long for --long_steps instead
+    of --student_steps, _gen2 a second generation of the same student, labeled by the
+    first (the row without _gen2, which must come before it) instead of the teacher."""
+    labeler = "teacher"
+    if row.endswith("_gen2"):
+        row = row[:-len("_gen2")]
+        labeler = f"student_{row}"
     steps, model = FLAGS.student_steps, []
     if row.endswith("_long"):
         row, steps = row[:-len("_long")], FLAGS.long_steps
+    if row.endswith("_noisy"):
+        row, model = row[:-len("_noisy")], list(NOISY)
     if row.endswith("_large"):
-        row, model = row[:-len("_large")], [f"--width_scale={FLAGS.large_width}"]
-    return row, steps, model
+        row, model = row[:-len("_large")], [f"--width_scale={FLAGS.large_width}", *model]
+    return row, steps, model, labeler
+
+
+def validation_map(run, data_root, seed):
+    """mAP on the labeled mosaics the run held out (--validation_fraction): what the
+    recipes are chosen by, never the test split."""
+    from nstudent import data, evaluation
+    from nstudent.evaluation.calibration import predicted_logits
+    from nstudent.evaluation.multilabel import mean_average_precision
+
+    info, splits = data.load(f"folder:{data_root}/labeled", ("train",), channels=1,
+                             task="multilabel", labels_file="labels.csv")
+    held_out = data.StageData(info, splits["train"], seed=seed,
+                              validation_fraction=VALIDATION).validation_indices
+    classifier = evaluation.load_classifier(run, prefer="keras", multilabel=True)
+    size = json.load(open(os.path.join(run, "model_info.json")))["image_size"]
+    batches = data.eval_dataset(splits["train"].dataset(held_out), info.num_classes,
+                                data.InputConfig.for_evaluation(size, 256))
+    logits, labels = predicted_logits(classifier.logits, batches)
+    return round(float(mean_average_precision(logits, labels)["map"]), 4)
 
 
 def run_seed(seed, done):
@@ -179,7 +216,9 @@ def run_seed(seed, done):
     teacher = os.path.join(root, "teacher")
     t, cpu, minutes = _train(teacher, *base, f"--epochs={FLAGS.teacher_epochs}")
     if ("teacher", seed) not in done:
-        _record({"row": "teacher", "seed": seed, **_scores(t), "cpu_seconds": cpu,
+        _record({"row": "teacher", "seed": seed, **_scores(t),
+                 "validation_map": validation_map(teacher, data_root, seed),
+                 "cpu_seconds": cpu,
                  "minutes": minutes, "labels_per_image": summary["sets"]["train"][
                      "labels_per_image"]})
     # the class order of the records: the folder's (sorted), not the mosaics' own
@@ -189,23 +228,30 @@ def run_seed(seed, done):
     for row in FLAGS.rows:
         if (row, seed) in done:
             continue
-        kind, steps, model = row_variant(row)
+        kind, steps, model, labeler = row_variant(row)
         if kind == "control":  # the teacher's recipe for the students' step count
             c, cpu, minutes = _train(os.path.join(root, row), *base, *model,
                                      f"--train_steps={steps}")
             _record({"row": row, "seed": seed, **_scores(c),
+                     "validation_map": validation_map(os.path.join(root, row), data_root,
+                                                      seed),
                      "teacher_map": round(t["test_map"], 4), "cpu_seconds": cpu,
                      "minutes": minutes})
             continue
-        labels = os.path.join(root, f"labels_{kind}")
+        labels = os.path.join(root, f"labels_{kind}" if labeler == "teacher" else
+                              f"labels_{row}")
         if not os.path.exists(os.path.join(labels, "stats.json")):
-            run_tool("pseudo_label.py", *base, *entries[kind], f"--teacher={teacher}",
-                     f"--out={labels}")
+            if not os.path.exists(os.path.join(root, labeler, "metrics.json")):
+                raise SystemExit(f"{row} is labeled by {labeler}: run its row first.")
+            run_tool("pseudo_label.py", *base, *entries[kind],
+                     f"--teacher={os.path.join(root, labeler)}", f"--out={labels}")
         scores = pseudo_label_scores(labels, data_root, names)
-        s, cpu, minutes = _train(os.path.join(root, f"student_{row}"), *base, *STUDENT,
-                                 *model, f"--pseudo_labels={labels}",
-                                 f"--student_steps={steps}")
-        _record({"row": row, "seed": seed, **_scores(s), **scores,
+        student = os.path.join(root, f"student_{row}")
+        s, cpu, minutes = _train(student, *base, *STUDENT, *model,
+                                 f"--pseudo_labels={labels}", f"--student_steps={steps}")
+        _record({"row": row, "seed": seed, **_scores(s),
+                 "validation_map": validation_map(student, data_root, seed), **scores,
+                 "labeled_by": labeler,
                  "teacher_map": round(t["test_map"], 4), "cpu_seconds": cpu,
                  "minutes": minutes})
 
@@ -227,16 +273,25 @@ def render(results):
 
     def described(row):
         rs = by_row[row]
-        text = base[row.removesuffix("_long").removesuffix("_large")]
-        if row.removesuffix("_long").endswith("_large"):
+        text = base[row.split("_large")[0].split("_noisy")[0].split("_long")[0]
+                    .split("_gen2")[0]]
+        if "_large" in row:
             text += f", at width {rs[0]['settings'].get('large_width', 0.75)} (larger)"
-        return text + (f", {rs[0]['steps']:,} steps" if row.endswith("_long") else "")
+        if "_noisy" in row:
+            text += ", the paper's noise (magnitude 9, 8 px shifts, dropout 0.5)"
+        if "_long" in row:
+            text += f", {rs[0]['steps']:,} steps"
+        return text + (", generation 2 (labeled by generation 1, the row above)"
+                       if row.endswith("_gen2") else "")
 
-    lines = ["| row | runs | test mAP | micro F1 | macro F1 | pseudo-label recall | "
-             "pseudo-label precision | masked entries | mAP - teacher (paired) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    kinds = [k for r in ["control"] + [r for r, _, _ in ROWS] for k in (r, f"{r}_large")]
-    for row in ["teacher"] + kinds + [f"{r}_long" for r in kinds]:
+    lines = ["| row | runs | test mAP | validation mAP | micro F1 | macro F1 | "
+             "pseudo-label recall | pseudo-label precision | masked entries | "
+             "mAP - teacher (paired) |", "|---" * 10 + "|"]
+    order = ["teacher"] + [
+        f"{kind}{large}{noisy}{long}{gen2}"
+        for kind in ["control"] + [r for r, _, _ in ROWS] for long in ("", "_long")
+        for large in ("", "_large") for noisy in ("", "_noisy") for gen2 in ("", "_gen2")]
+    for row in order:
         rs = by_row.get(row)
         if not rs:
             continue
@@ -252,7 +307,9 @@ def render(results):
                                                  f" ± {100 * std:.2f}") + " points"
                         + ("" if std is None else " (counts)" if counts else
                            " (does not count)"))
+        validation = [r["validation_map"] for r in rs if "validation_map" in r]
         lines.append(f"| {described(row)} | {len(rs)} | {ms([r['test_map'] for r in rs])}"
+                     f" | {ms(validation) if validation else '-'}"
                      f" | {ms([r['test_micro_f1'] for r in rs])} | "
                      f"{ms([r['test_macro_f1'] for r in rs])} | " + " | ".join(pseudo)
                      + f" | {diff} |")

@@ -196,7 +196,8 @@ def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
     """bench/multilabel_results.py on a few mosaics: the teacher and masked rows, the
     pseudo-labels' precision and recall against the hidden labels (recounted here from
     the records, in the classes' order of the teacher), a larger and longer student
-    (masked_large_long), a rerun that adds nothing, and the table."""
+    (masked_large_long) and its second generation, a rerun that adds nothing, and the
+    table."""
     import csv
 
     import pytest
@@ -207,21 +208,23 @@ def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
             f"--out={tmp_path / 'runs'}", f"--results={tmp_path / 'ml.jsonl'}",
             f"--results_md={tmp_path / 'RESULTS.md'}", "--train_mosaics=60",
             "--test_mosaics=20", "--unlabeled_mosaics=40", "--teacher_epochs=1",
-            "--student_steps=2", "--rows=masked,masked_large_long", "--long_steps=3",
+            "--student_steps=2", "--rows=masked_large_long,masked_large_long_gen2",
+            "--long_steps=3",
             "--large_width=0.5", "--flags=--width_scale=0.25,--depth_scale=0.25,--image_size=16,"
             "--batch_size=4,--bn_recalibration_batches=1,--negative_threshold=0.3"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(x) for x in open(tmp_path / "ml.jsonl")]
-    assert [x["row"] for x in lines] == ["teacher", "masked", "masked_large_long"]
+    assert [x["row"] for x in lines] == ["teacher", "masked_large_long",
+                                         "masked_large_long_gen2"]
     seed = tmp_path / "runs" / "seed0"
     names = json.load(open(seed / "teacher" / "model_info.json"))["dataset"]["class_names"]
     with open(seed / "mosaics" / "unlabeled_labels.csv") as f:
         hidden = {r[0]: r[1].split(";") for r in list(csv.reader(f))[1:]}
     files = sorted(hidden)
     right = called = 0
-    for r in read_records(str(seed / "labels_masked")):
+    for r in read_records(str(seed / "labels_masked")):  # masked_large_long's
         truth = hidden[files[int(r["index"])]]
         for c, name in enumerate(names):
             if r["mask"][c] and r["label"][c] >= 0.5:
@@ -231,12 +234,18 @@ def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
     assert row["pseudo_precision"] == pytest.approx(right / max(called, 1), abs=1e-4)
     assert row["pseudo_recall"] == pytest.approx(
         right / sum(len([c for c in v if c]) for v in hidden.values()), abs=1e-4)
-    assert row["steps"] == 2 and 0 <= row["test_map"] <= 1
-    # the larger row: its own student at --large_width (the teacher's 0.25 from --flags
-    # overridden) for --long_steps, on the masked pseudo-labels
+    # the larger row: its student at --large_width (the teacher's 0.25 from --flags
+    # overridden) for --long_steps, on the teacher's masked pseudo-labels
     large = json.load(open(seed / "student_masked_large_long" / "model_info.json"))
-    assert large["model"]["width_scale"] == 0.5 and lines[2]["steps"] == 3
-    assert lines[2]["pseudo_recall"] == row["pseudo_recall"]
+    assert large["model"]["width_scale"] == 0.5 and row["steps"] == 3
+    assert 0 <= row["test_map"] <= 1 and row["labeled_by"] == "teacher"
+    assert all(0 <= x["validation_map"] <= 1 for x in lines)  # the held-out mosaics
+    # generation 2: the same student again, on pseudo-labels of generation 1
+    gen2 = json.load(open(seed / "labels_masked_large_long_gen2" / "stats.json"))
+    assert gen2["settings"]["teacher"] == str(seed / "student_masked_large_long")
+    assert lines[2]["labeled_by"] == "student_masked_large_long"
+    assert json.load(open(seed / "student_masked_large_long_gen2" / "model_info.json"))[
+        "model"]["width_scale"] == 0.5
     again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and len(open(tmp_path / "ml.jsonl").readlines()) == 3
     (tmp_path / "RESULTS.md").write_text("# Results\n")
@@ -246,3 +255,4 @@ def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| teacher (labeled mosaics only) | 1 |" in table
     assert ", at width 0.5 (larger), 3 steps | 1 |" in table
+    assert ", 3 steps, generation 2 (labeled by generation 1, the row above) | 1 |" in table
