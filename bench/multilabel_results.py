@@ -39,8 +39,13 @@ from common import (
 
 flags.DEFINE_string("out", "runs/multilabel", "Folder for the data and runs (not "
                     "committed).")
-flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "multilabel.jsonl"),
-                    "Finished rows, one JSON line each (committed).")
+flags.DEFINE_string("results", None, "Finished rows, one JSON line each (committed); "
+                    "default bench/results/multilabel.jsonl, with --labels_per_class=K "
+                    "multilabel_kK.jsonl.")
+flags.DEFINE_integer("labels_per_class", 0, "K > 0: teacher and students see only the "
+                     "labeled mosaics picked until every class has K positives (a "
+                     "table of its own, runs in seedS_kK/); 0: all of them.")
+flags.DEFINE_integer("teacher_steps", 0, "Teacher steps; 0: --teacher_epochs.")
 flags.DEFINE_list("seeds", ["0"], "Seeds (each: its own mosaics and teacher).")
 flags.DEFINE_integer("train_mosaics", 2000, "Labeled train mosaics.")
 flags.DEFINE_integer("test_mosaics", 2000, "Test mosaics.")
@@ -63,8 +68,19 @@ flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a smaller
 flags.DEFINE_bool("write", False, "Only render the RESULTS.md table from --results.")
 flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
 FLAGS = flags.FLAGS
-BEGIN, END = ("<!-- bench/multilabel_results.py: begin -->",
-              "<!-- bench/multilabel_results.py: end -->")
+
+
+def results_path():
+    name = (f"multilabel_k{FLAGS.labels_per_class}.jsonl" if FLAGS.labels_per_class
+            else "multilabel.jsonl")
+    return FLAGS.results or os.path.join(ROOT, "bench", "results", name)
+
+
+def markers():
+    """The RESULTS.md block of this table: one per --labels_per_class."""
+    which = f" --labels_per_class={FLAGS.labels_per_class}" if FLAGS.labels_per_class else ""
+    return (f"<!-- bench/multilabel_results.py{which}: begin -->",
+            f"<!-- bench/multilabel_results.py{which}: end -->")
 
 VALIDATION, IMAGE_SIZE = 0.1, 56
 # the main job's teacher recipe at the mosaics' 56 px; a tenth of the labeled mosaics
@@ -83,6 +99,11 @@ ROWS = (
      ["--multilabel_entries=all"]),
     ("top_class", "(b) the top class only (single-label pseudo-labels)",
      ["--multilabel_entries=top_class"]),
+    # the thresholds meet: every entry confident, its target the teacher's p (the
+    # multi-label form of the single-label recipe's soft targets on nearly every image)
+    ("soft_all", "every entry soft (the teacher's p), nothing masked",
+     ["--multilabel_entries=confident", "--positive_threshold=0.5",
+      "--negative_threshold=0.4999"]),
 )
 STUDENT = ["--unlabeled_ratio=3", "--warmup_epochs=1", "--backup_every_steps=200"]
 
@@ -147,10 +168,12 @@ def _record(line):
                           "test_mosaics": FLAGS.test_mosaics,
                           "unlabeled_mosaics": FLAGS.unlabeled_mosaics,
                           "teacher_epochs": FLAGS.teacher_epochs,
+                          "teacher_steps": FLAGS.teacher_steps,
+                          "labels_per_class": FLAGS.labels_per_class,
                           "student_steps": FLAGS.student_steps,
                           "large_width": FLAGS.large_width, "flags": FLAGS.flags},
                 machine=machine(), date=datetime.date.today().isoformat())
-    with open(FLAGS.results, "a") as f:
+    with open(results_path(), "a") as f:
         f.write(json.dumps(line) + "\n")
     print(json.dumps(line), flush=True)
 
@@ -197,6 +220,7 @@ def validation_map(run, data_root, seed):
     info, splits = data.load(f"folder:{data_root}/labeled", ("train",), channels=1,
                              task="multilabel", labels_file="labels.csv")
     held_out = data.StageData(info, splits["train"], seed=seed,
+                              labels_per_class=FLAGS.labels_per_class,
                               validation_fraction=VALIDATION).validation_indices
     classifier = evaluation.load_classifier(run, prefer="keras", multilabel=True)
     size = json.load(open(os.path.join(run, "model_info.json")))["image_size"]
@@ -208,13 +232,16 @@ def validation_map(run, data_root, seed):
 
 def run_seed(seed, done):
     root = os.path.abspath(os.path.join(FLAGS.out, f"seed{seed}"))
-    data_root = os.path.join(root, "mosaics")
+    data_root = os.path.join(root, "mosaics")  # every K's runs share the seed's set
+    if FLAGS.labels_per_class:
+        root += f"_k{FLAGS.labels_per_class}"
     summary = write_mosaics(data_root, seed)
     base = [*TEACHER, f"--dataset=folder:{data_root}/labeled",
             f"--unlabeled_dataset=folder:{data_root}/unlabeled", f"--seed={seed}",
-            *FLAGS.flags]
+            f"--labels_per_class={FLAGS.labels_per_class}", *FLAGS.flags]
     teacher = os.path.join(root, "teacher")
-    t, cpu, minutes = _train(teacher, *base, f"--epochs={FLAGS.teacher_epochs}")
+    t, cpu, minutes = _train(teacher, *base, f"--train_steps={FLAGS.teacher_steps}"
+                             if FLAGS.teacher_steps else f"--epochs={FLAGS.teacher_epochs}")
     if ("teacher", seed) not in done:
         _record({"row": "teacher", "seed": seed, **_scores(t),
                  "validation_map": validation_map(teacher, data_root, seed),
@@ -316,9 +343,14 @@ def render(results):
     any_row = next(iter(latest.values()))
     s = any_row["settings"]
     lines.append("")
-    lines.append(f"{s['train_mosaics']} labeled, {s['unlabeled_mosaics']} unlabeled and "
+    k = s.get("labels_per_class", 0)
+    lines.append(f"{s['train_mosaics']} labeled mosaics"
+                 + (f" (of which those picked until every class has {k} positives)"
+                    if k else "") + f", {s['unlabeled_mosaics']} unlabeled and "
                  f"{s['test_mosaics']} test mosaics per seed; teacher "
-                 f"{s['teacher_epochs']} epochs, students {s['student_steps']} steps; "
+                 + (f"{s['teacher_steps']} steps" if s.get("teacher_steps") else
+                    f"{s['teacher_epochs']} epochs")
+                 + f", students {s['student_steps']} steps; "
                  f"{any_row['machine']['cpus']} CPUs, {any_row['date']}. "
                  "Rendered by `python bench/multilabel_results.py --write`.")
     return "\n".join(lines)
@@ -326,19 +358,19 @@ def render(results):
 
 def main(argv):
     del argv
-    results = read_jsonl(FLAGS.results)
+    results = read_jsonl(results_path())
     if not FLAGS.write:
         for seed in (int(s) for s in FLAGS.seeds):
-            done = {(r["row"], r["seed"]) for r in read_jsonl(FLAGS.results)}
+            done = {(r["row"], r["seed"]) for r in read_jsonl(results_path())}
             run_seed(seed, done)
-        results = read_jsonl(FLAGS.results)
+        results = read_jsonl(results_path())
     if not results:
-        logging.info("No finished rows in %s yet.", FLAGS.results)
+        logging.info("No finished rows in %s yet.", results_path())
         return
     table = render(results)
     print(table)
     if FLAGS.write:
-        write_results_block(BEGIN, END, table, FLAGS.results_md)
+        write_results_block(*markers(), table, FLAGS.results_md)
 
 
 if __name__ == "__main__":

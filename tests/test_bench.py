@@ -256,3 +256,19 @@ def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
     assert "| teacher (labeled mosaics only) | 1 |" in table
     assert ", at width 0.5 (larger), 3 steps | 1 |" in table
     assert ", 3 steps, generation 2 (labeled by generation 1, the row above) | 1 |" in table
+    # --labels_per_class: a table of its own, on the same mosaics, teacher by steps
+    k_args = [a for a in args if not a.startswith(("--results=", "--rows="))] + [
+        f"--results={tmp_path / 'ml_k.jsonl'}", "--rows=", "--labels_per_class=3",
+        "--teacher_steps=2"]
+    for extra in ([], ["--write"]):
+        done = subprocess.run(k_args + extra, capture_output=True, text=True, timeout=600,
+                              env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    info = json.load(open(tmp_path / "runs" / "seed0_k3" / "teacher" / "model_info.json"))
+    assert info["held_out"]["labels_per_class"] == 3
+    assert info["held_out"]["dataset"] == f"folder:{seed / 'mosaics' / 'labeled'}"
+    (k_row,) = [json.loads(x) for x in open(tmp_path / "ml_k.jsonl")]
+    assert k_row["steps"] == 2 and k_row["settings"]["labels_per_class"] == 3
+    both = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- bench/multilabel_results.py --labels_per_class=3: begin -->" in both
+    assert both.count("| teacher (labeled mosaics only) | 1 |") == 2
