@@ -5,6 +5,8 @@ thresholded at 0.5, nothing masked; (b) the teacher's top class only.
 
   nohup python bench/multilabel_results.py > runs/multilabel.log 2>&1 &   # resumable
   python bench/multilabel_results.py --write                               # the table
+  python bench/multilabel_results.py --labels_per_class=200 --teacher_steps=3360
+                      # fewer labels: its own results file and RESULTS.md block
 
 Per seed: bench/mosaics.py writes the set (the seed draws the mosaics), one teacher
 trains on the labeled mosaics (--validation_fraction held out for its per-class
