@@ -631,8 +631,9 @@ def test_contact_sheets_show_the_best_the_cut_off_and_the_best_left_out(tmp_path
     assert chosen[2] == [[], [], []]  # a class nobody predicts: an empty sheet
     images = random_images(21, 12, 1)
     split = in_memory_split("u", images, np.full(21, -1))
-    paths = sheets.write_sheets(split, chosen, ["a/b", "c", "d"], str(tmp_path),
-                                [0.7, 0.95, None])
+    headings = [sheets.heading(n, c) for n, c in zip(["a/b", "c", "d"], [0.7, 0.95, None])]
+    assert headings == ["a/b: cut-off 0.700", "c: cut-off 0.950", "d: cut-off none kept"]
+    paths = sheets.write_sheets(split, chosen, ["a/b", "c", "d"], str(tmp_path), headings)
     assert [os.path.basename(p) for p in paths] == ["a_b.png", "c.png", "d.png"]
     assert all(open(p, "rb").read(4) == b"\x89PNG" for p in paths)
     assert os.listdir(tmp_path / "pictures" / "logs")  # the TensorBoard summaries
