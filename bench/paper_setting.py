@@ -88,6 +88,11 @@ ROWS = (
         "supervised", labels=100, large=True),
     Row("gen2", "generation 2 (larger, from scratch, labeled by the larger student)",
         "student", seeds=(0,), large=True, labels_from="student_large"),
+    # the paper's order: the teacher is the best supervised model of its size (here
+    # the compute-matched control), then a larger student learns from it
+    Row("student_large_strong", "student, larger, labeled by the control (the teacher's "
+        "architecture at the student's steps)", "student", seeds=(0,), large=True,
+        labels_from="control_teacher"),
     Row("no_pseudo_noise", "ablation: no noise on the pseudo-labeled images (same size)",
         "student", seeds=(0,), extra=("--nopseudo_noise",)),
     Row("no_noise", "ablation: no noise at all (same size)", "student", seeds=(0,),
@@ -109,6 +114,7 @@ COMPARISONS = (
     ("student_large", "teacher"), ("student_large", "control_large"),
     ("student_same", "teacher"), ("student_same", "control_teacher"),
     ("student_large", "student_same"), ("gen2", "student_large"),
+    ("student_large_strong", "control_teacher"), ("student_large_strong", "control_large"),
     ("student_large_100", "teacher_100"), ("student_large_100", "control_large_100"),
     ("no_pseudo_noise", "student_same"), ("no_noise", "student_same"),
     ("hard_labels", "student_same"), ("no_balance", "student_same"),
