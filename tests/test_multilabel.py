@@ -127,12 +127,12 @@ def test_baseline_entries_every_entry_at_half_and_top_class_only():
 
     # sigmoids 0.881, 0.5, 0.018 and 0.731, 0.622, 0.269
     logits = np.array([[2.0, 0.0, -4.0], [1.0, 0.5, -1.0]])
-    targets, mask, positive = entries(logits, LabelConfig())  # confident at 0.7 / 0.05
+    targets, mask, positive, _ = entries(logits, LabelConfig())  # confident at 0.7 / 0.05
     assert mask.tolist() == [[1, 0, 1], [1, 0, 0]]
     assert positive.tolist() == [[True, False, False], [True, False, False]]
-    targets, mask, _ = entries(logits, LabelConfig(multilabel_entries="all"))
+    targets, mask, _, _ = entries(logits, LabelConfig(multilabel_entries="all"))
     assert targets.tolist() == [[1, 1, 0], [1, 1, 0]] and mask.min() == 1
-    targets, mask, _ = entries(logits, LabelConfig(multilabel_entries="top_class"))
+    targets, mask, _, _ = entries(logits, LabelConfig(multilabel_entries="top_class"))
     assert targets.tolist() == [[1, 0, 0], [1, 0, 0]] and mask.min() == 1
 
 

@@ -36,20 +36,21 @@ def confident_entries(logits, positive_threshold, negative_threshold, temperatur
 
 
 def entries(logits, config):
-    """(targets, mask, positive: bool [n, C]) of a LabelConfig's `multilabel_entries`:
+    """(targets, mask, positive: bool [n, C], p: the sigmoids at --temperature) of a
+    LabelConfig's `multilabel_entries`:
     the confident entries, or a baseline with nothing masked (every entry hard at
     0.5, or the teacher's top class alone positive)."""
     if config.multilabel_entries == "confident":
         targets, mask, p = confident_entries(
             logits, config.positive_threshold, config.negative_threshold,
             config.temperature, config.hard)
-        return targets, mask, p >= config.positive_threshold
+        return targets, mask, p >= config.positive_threshold, p
     p = sigmoid(logits, config.temperature)
     if config.multilabel_entries == "all":
         positive = p >= 0.5
     else:  # top_class
         positive = np.eye(p.shape[1], dtype=bool)[p.argmax(axis=1)]
-    return positive.astype(np.float32), np.ones_like(p, np.float32), positive
+    return positive.astype(np.float32), np.ones_like(p, np.float32), positive, p
 
 
 def class_weights(positives):
@@ -132,9 +133,8 @@ def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
     for shard in shards:
         kept = {"index": [], "targets": [], "mask": [], "confidence": [], "class": []}
         for chunk in shard.chunks(("index", "logits")):
-            targets, mask, positive = entries(chunk["logits"], config)
-            _add_candidates(shown, sigmoid(chunk["logits"], config.temperature), positive,
-                            chunk["index"])
+            targets, mask, positive, p = entries(chunk["logits"], config)
+            _add_candidates(shown, p, positive, chunk["index"])
             keep = mask.any(axis=1)
             images_read += len(keep)
             hard = positive.astype(np.float32)

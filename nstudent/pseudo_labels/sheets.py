@@ -33,8 +33,8 @@ def _rows(scores, index, kept, k):
 def choose(predicted, confidence, index, kept, num_classes, k=PER_ROW):
     """Per class: indices of (most confident kept, least confident kept, most confident
     left out), each at most k, with their confidences."""
-    return [_rows(confidence[predicted == c], index[predicted == c], kept[predicted == c], k)
-            for c in range(num_classes)]
+    return [_rows(confidence[m], index[m], kept[m], k)
+            for m in (predicted == c for c in range(num_classes))]
 
 
 def choose_multilabel(probabilities, positive, index, k=PER_ROW):
