@@ -47,6 +47,8 @@ flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a toy dat
 flags.DEFINE_float("stop_after_hours", 0.0, "Start no new row after this many hours; 0: "
                    "no limit (a row in progress still finishes or resumes next time).")
 flags.DEFINE_bool("write", False, "Only render the RESULTS.md table from --results.")
+flags.DEFINE_bool("revalidate", False, "Only give older result lines the exported model's "
+                  "held-out top-1 (computed from their run folders in --out).")
 flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
 FLAGS = flags.FLAGS
 BEGIN, END = ("<!-- bench/paper_setting.py: begin -->", "<!-- bench/paper_setting.py: end -->")
@@ -80,18 +82,18 @@ ROWS = (
         "supervised", large=True),
     Row("student_same", "student, same size, from scratch", "student"),
     Row("control_teacher", "control: the teacher, supervised, student's steps",
-        "supervised", seeds=(0,)),
+        "supervised"),
     Row("teacher_100", "teacher, 100 labels per class", "teacher", labels=100),
     Row("student_large_100", "student, larger, 100 labels per class", "student",
         labels=100, large=True, labels_from="teacher_100"),
     Row("control_large_100", "control: larger, supervised, 100 labels per class",
         "supervised", labels=100, large=True),
     Row("gen2", "generation 2 (larger, from scratch, labeled by the larger student)",
-        "student", seeds=(0,), large=True, labels_from="student_large"),
+        "student", large=True, labels_from="student_large"),
     # the paper's order: the teacher is the best supervised model of its size (here
     # the compute-matched control), then a larger student learns from it
     Row("student_large_strong", "student, larger, labeled by the control (the teacher's "
-        "architecture at the student's steps)", "student", seeds=(0,), large=True,
+        "architecture at the student's steps)", "student", large=True,
         labels_from="control_teacher"),
     Row("no_pseudo_noise", "ablation: no noise on the pseudo-labeled images (same size)",
         "student", seeds=(0,), extra=("--nopseudo_noise",)),
@@ -216,19 +218,48 @@ def _cpu_name():
         return platform.processor()
 
 
+def held_out_top1(seed, model_dir):
+    """Top-1 of the run's exported model on the labeled images it held out
+    (--validation_fraction, as metrics.json's `data` records), computed from the run
+    folder: runs made before metrics.json recorded it have only the in-training
+    history, taken before batch norm is recomputed."""
+    import numpy as np
+
+    from nstudent import data, evaluation
+    from nstudent.evaluation.calibration import predicted_logits
+
+    recorded = read_metrics(model_dir)["data"]
+    classifier = evaluation.load_classifier(model_dir, prefer="keras")
+    info, splits = data.load(recorded["dataset"], ("train",),
+                             channels=classifier.info["model"]["channels"])
+    held = data.StageData(info, splits["train"], seed=seed,
+                          labels_per_class=recorded["labels_per_class"],
+                          validation_fraction=recorded["validation_fraction"])
+    indices = held.validation_indices
+    if len(indices) != recorded["validation_examples"]:
+        raise ValueError(f"{model_dir}: {len(indices)} held-out images here, "
+                         f"{recorded['validation_examples']} when it was trained.")
+    logits, onehot = predicted_logits(classifier.logits, data.eval_dataset(
+        splits["train"].dataset(indices), info.num_classes, data.InputConfig.for_evaluation(
+            classifier.image_size, 256, classifier.crop_fraction)))
+    return round(float(np.mean(logits.argmax(1) == onehot.argmax(1))), 4)
+
+
 def result_line(row, seed, model_dir, settings):
     m = read_metrics(model_dir)
     timing = json.load(open(model_dir + ".timing.json"))
     steps = m["optimizer_iterations"]
     batch = m["input"]["batch_size"]
     per_step = batch * (1 + m["unlabeled_ratio"]) if row.kind == "student" else batch
-    validation = (m.get("validation") or {}).get("val_top1")
+    validation = m.get("validation_top1")  # the exported model's (newer runs record it)
+    if validation is None:
+        validation = held_out_top1(seed, model_dir)
     cores = os.cpu_count()
     return {
         "row": row.name, "seed": seed, "settings_key": settings_key(settings),
         "settings": settings, "test_top1": round(m["test_top1"], 4),
         "test_top5": round(m["test_top5"], 4),
-        "validation_top1": round(validation[-1], 4) if validation else None,
+        "validation_top1": round(validation, 4), "validation_of": "exported model",
         "parameters": m["parameters"], "steps": steps, "images_seen": steps * per_step,
         "labeled_examples": m["labeled_examples"],
         "pseudo_labeled_examples": m.get("pseudo_labeled_examples"),
@@ -241,6 +272,32 @@ def result_line(row, seed, model_dir, settings):
         "calls": timing["calls"], "resumed_from_step": m.get("resumed_from_step"),
         "machine": f"{cores}-core {_cpu_name()}", "backend": m["versions"]["backend"],
         "date": datetime.date.today().isoformat()}
+
+
+def revalidate():
+    """Replaces the in-training validation_top1 of older result lines with the exported
+    model's (`held_out_top1`), for the runs still in --out; the file is rewritten whole
+    (temp path, then rename), keeping lines appended meanwhile."""
+    out = os.path.abspath(FLAGS.out)
+    fixed = {}
+    for r in read_jsonl(FLAGS.results):
+        model_dir = os.path.join(out, f"seed{r['seed']}", r["row"])
+        if (r.get("validation_of") != "exported model" and r["row"] in BY_NAME
+                and r["settings_key"] == settings_key(_settings(BY_NAME[r["row"]]))
+                and os.path.exists(os.path.join(model_dir, "metrics.json"))):
+            fixed[(r["row"], r["seed"], r["settings_key"])] = held_out_top1(
+                r["seed"], model_dir)
+            logging.info("%s seed %d: validation top-1 %s -> %.4f", r["row"], r["seed"],
+                         r.get("validation_top1"), fixed[(r["row"], r["seed"],
+                                                          r["settings_key"])])
+    lines = read_jsonl(FLAGS.results)
+    for r in lines:
+        key = (r["row"], r["seed"], r["settings_key"])
+        if key in fixed and r.get("validation_of") != "exported model":
+            r.update(validation_top1=fixed[key], validation_of="exported model")
+    with open(FLAGS.results + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in lines)
+    os.replace(FLAGS.results + ".tmp", FLAGS.results)
 
 
 def run_grid():
@@ -286,20 +343,25 @@ def render(results):
         if r["settings_key"] == settings_key(_settings(BY_NAME[r["row"]])):
             current[(r["row"], r["seed"])] = r
     results = list(current.values())
-    lines = ["| row | labels/class | seeds | test top-1 | test top-5 | parameters | steps "
-             "| images seen | minutes (each) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | labels/class | seeds | test top-1 | test top-5 | validation top-1 "
+             "| parameters | steps | images seen | minutes (each) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in ROWS:
         rs = sorted((r for r in results if r["row"] == row.name), key=lambda r: r["seed"])
         if not rs:
             lines.append(f"| {row.what} | {row.labels or 'all'} | 0 of {len(row.seeds)} "
-                         "| not run yet | | | | | |")
+                         "| not run yet | | | | | | |")
             continue
         top1, std1 = mean_std([r["test_top1"] for r in rs])
         top5, _ = mean_std([r["test_top5"] for r in rs])
         spread = f" ± {std1:.4f}" if std1 is not None else ""
+        # the exported model's on the held-out labeled images (`revalidate` for old lines)
+        validation = "–"
+        if all(r.get("validation_of") == "exported model" for r in rs):
+            validation = f"{mean_std([r['validation_top1'] for r in rs])[0]:.4f}"
         lines.append(
             f"| {row.what} | {row.labels or 'all'} | {len(rs)} of {len(row.seeds)} | "
-            f"{top1:.4f}{spread} | {top5:.4f} | {rs[0]['parameters']:,} | "
+            f"{top1:.4f}{spread} | {top5:.4f} | {validation} | {rs[0]['parameters']:,} | "
             f"{rs[0]['steps']:,} | {rs[0]['images_seen'] / 1e6:.2f}M | "
             f"{', '.join(str(r['minutes']) for r in rs)} |")
     lines += ["", "| paired difference (points of test top-1) | seeds | mean ± std | "
@@ -326,7 +388,9 @@ def render(results):
 
 def main(argv):
     del argv
-    if not FLAGS.write:
+    if FLAGS.revalidate:
+        revalidate()
+    elif not FLAGS.write:
         run_grid()
     block = render(read_jsonl(FLAGS.results))
     print(block)

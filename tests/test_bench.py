@@ -58,7 +58,7 @@ def _paper(tmp_path, toy_folder, *args):
          "--teacher_epochs=1", "--large_width=0.5",
          "--flags=--dataset=folder:%s,--channels=1,--width_scale=0.25,--depth_scale=0.25,"
          "--image_size=16,--batch_size=8,--min_confidence=0,--labels_per_class=20,"
-         "--bn_recalibration_batches=2" % toy_folder, *args],
+         "--validation_fraction=0.25,--bn_recalibration_batches=2" % toy_folder, *args],
         capture_output=True, text=True, timeout=900,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow"))
 
@@ -74,6 +74,24 @@ def test_paper_setting_rows_are_recorded_skipped_and_rendered(tmp_path, toy_fold
     assert student["steps"] == 3 and student["images_seen"] == 3 * 8 * 4
     assert student["minutes"] >= 0 and student["cpu_seconds"] > 0
     assert 0 <= student["test_top1"] <= 1 and student["parameters"] > 0
+    # the validation recorded is the exported model's on its held-out labeled images
+    # (metrics.json's, from network.evaluate); --revalidate recomputes an older line's
+    # from the run folder with the exported classifier's own logits
+    for line in lines:
+        metrics = json.load(open(tmp_path / "runs" / "seed0" / line["row"] / "metrics.json"))
+        assert metrics["validation_examples"] == 20  # 0.25 of 20 x 4 classes
+        assert line["validation_top1"] == round(metrics["validation_top1"], 4)
+        assert line["validation_of"] == "exported model"
+    stale = [dict(line, validation_top1=-1.0) for line in lines]
+    del stale[1]["validation_of"]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in stale))
+    fixed = _paper(tmp_path, toy_folder, "--revalidate")
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    again = [json.loads(x) for x in open(tmp_path / "results.jsonl")]
+    assert again[0]["validation_top1"] == -1.0  # already the exported model's: kept
+    assert abs(again[1]["validation_top1"] - student["validation_top1"]) <= 1e-4
+    assert again[1]["validation_of"] == "exported model"
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     again = _paper(tmp_path, toy_folder, "--rows=teacher,student_same", "--seeds=0")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "student_same seed 0: finished earlier; skipped" in again.stderr

@@ -146,6 +146,17 @@ def test_a_calibrated_teacher_serves_calibrated_probabilities(toy_folder, tmp_pa
         "dataset": f"folder:{toy_folder}", "labels_per_class": 20, "seed": 0,
         "validation_fraction": 0.25, "examples": 20}  # 5 of each class's 20
     assert cal["test_after"]["accuracy"] == cal["test_before"]["accuracy"]
+    # the held-out top-1 recorded is the exported model's: its logits on those 20 images
+    toy_info, splits = data.load(f"folder:{toy_folder}", ("train",), channels=1)
+    held = data.StageData(toy_info, splits["train"], labels_per_class=20,
+                          validation_fraction=0.25).validation_indices
+    exported = load_classifier(out, prefer="keras")
+    logits, onehot = calibration.predicted_logits(exported.logits, data.eval_dataset(
+        splits["train"].dataset(held), toy_info.num_classes,
+        data.InputConfig.for_evaluation(info["image_size"], 8, exported.crop_fraction)))
+    assert metrics["validation_examples"] == 20
+    assert metrics["validation_top1"] == pytest.approx(
+        np.mean(logits.argmax(1) == onehot.argmax(1)), abs=1e-6)
     assert cal["held_out_after"]["nll"] <= cal["held_out_before"]["nll"] + 1e-9
     for name in ("confusion.png", "reliability.png", "reliability_calibrated.png"):
         assert open(os.path.join(out, name), "rb").read(4) == b"\x89PNG"

@@ -213,6 +213,10 @@ def test_multilabel_teacher_scores_thresholds_and_serving(ml_teacher):
     for c in range(3):
         if 0 < truth[:, c].mean() < 1:
             assert held[:, c].mean() == pytest.approx(truth[:, c].mean(), abs=1e-3)
+    # the held-out mAP recorded is the exported model's
+    assert metrics["validation_map"] == pytest.approx(np.mean(
+        [_reference_ap(held[:, c], truth[:, c]) for c in range(3) if truth[:, c].any()]),
+        abs=1e-5)
     images = np.stack([x for x, _ in splits["test"].dataset().as_numpy_iterator()])
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
     served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](

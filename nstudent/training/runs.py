@@ -110,6 +110,19 @@ class StageRun:
             compile_for_evaluation(network, self.task)
         distribute.prebuild(network, dataset, self.placement)
 
+    def _evaluate(self, network, split, indices=None):
+        """{"top1", "top5"} of `network` on `split` (the images at `indices`)."""
+        dataset = distribute.shard_for_workers(data.eval_dataset(
+            split.dataset(indices), self.stage_data.info.num_classes, self.input_config),
+            self.placement)
+        self._ready_to_evaluate(network, dataset)
+        with warnings.catch_warnings():
+            # evaluate reads the stream to its end on purpose; with skipped files its
+            # length is unknown and Keras would warn that the input "ran out of data"
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            scores = network.evaluate(dataset, verbose=0, return_dict=True)
+        return {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
+
     def recalibrate(self, network, clean_images):
         """Batch-norm statistics recomputed on `clean_images` (uint8 images of the
         training data); returns the batches used."""
@@ -128,18 +141,18 @@ class StageRun:
             return self._finish_multilabel(network, history, epoch_seconds,
                                            images_per_step, steps, dict(
                                                metrics, bn_recalibration_batches=bn_batches))
-        test_ds = distribute.shard_for_workers(data.eval_dataset(
-            stage_data.test.dataset(), stage_data.info.num_classes, input_config),
-            self.placement)
-        self._ready_to_evaluate(network, test_ds)
-        with warnings.catch_warnings():
-            # evaluate reads the test stream to its end on purpose; with skipped files
-            # its length is unknown and Keras would warn that the input "ran out of data"
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            scores = network.evaluate(test_ds, verbose=0, return_dict=True)
-        metrics = self.report(network, history, epoch_seconds, images_per_step, steps, dict(
-            metrics, test_top1=float(scores["top1"]), test_top5=float(scores["top5"]),
-            test_examples=len(stage_data.test), bn_recalibration_batches=bn_batches))
+        scores = self._evaluate(network, stage_data.test)
+        metrics = dict(metrics, test_top1=scores["top1"], test_top5=scores["top5"],
+                       test_examples=len(stage_data.test), bn_recalibration_batches=bn_batches)
+        held = stage_data.validation_indices
+        if len(held):
+            # the model as exported (batch norm recomputed), which the in-training
+            # validation history (`validation`) is not: what recipes are compared by
+            scores = self._evaluate(network, stage_data.train, held)
+            metrics.update(validation_top1=scores["top1"], validation_top5=scores["top5"],
+                           validation_examples=len(held))
+        metrics = self.report(network, history, epoch_seconds, images_per_step, steps,
+                              metrics)
 
         def write():
             temperature = self.assess(network, metrics)
@@ -147,8 +160,11 @@ class StageRun:
                              metrics, input_config.eval_crop_fraction,
                              temperature=temperature, held_out=stage_data.held_out())
 
-        return self.publish(metrics, write, "Test top-1 %.4f, top-5 %.4f" % (
-            metrics["test_top1"], metrics["test_top5"]))
+        summary = "Test top-1 %.4f, top-5 %.4f" % (metrics["test_top1"], metrics["test_top5"])
+        if len(held):
+            summary += "; held-out validation top-1 %.4f (%d images)" % (
+                metrics["validation_top1"], len(held))
+        return self.publish(metrics, write, summary)
 
     def _finish_multilabel(self, network, history, epoch_seconds, images_per_step, steps,
                            metrics):
@@ -175,6 +191,10 @@ class StageRun:
             _shift_bias(network, shift)
             thresholds = multilabel.choose_thresholds(
                 multilabel.sigmoid(logits + shift), targets)
+            # the exported model's (the per-class shift leaves each class's ranking)
+            metrics = dict(metrics, validation_map=float(
+                multilabel.mean_average_precision(logits, targets)["map"]),
+                validation_examples=len(held))
             source = f"best F1 on {len(held)} held-out labeled images"
             logging.info("Per-class logit shift calibrating the sigmoids on the held-out "
                          "images: %s.", ", ".join(f"{n} {b:+.2f}" for n, b in
