@@ -214,7 +214,11 @@ def row_variant(row):
 
 def validation_map(run, data_root, seed):
     """mAP on the labeled mosaics the run held out (--validation_fraction): what the
-    recipes are chosen by, never the test split."""
+    recipes are chosen by, never the test split. Newer runs record it in metrics.json;
+    older ones are scored here from their exported model."""
+    recorded = read_metrics(run).get("validation_map")
+    if recorded is not None:
+        return round(float(recorded), 4)
     from nstudent import data, evaluation
     from nstudent.evaluation.calibration import predicted_logits
     from nstudent.evaluation.multilabel import mean_average_precision
