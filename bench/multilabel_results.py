@@ -193,23 +193,30 @@ def _scores(metrics):
 NOISY = ["--randaugment_magnitude=9", "--crop_padding=8", "--dropout=0.5"]
 
 
+SUFFIXES = ("_large", "_noisy", "_long", "_gen2")  # in this order after the kind
+
+
+def parse_row(row):
+    """"<kind>[_large][_noisy][_long][_gen2]" -> (kind, the suffixes it has)."""
+    present = set()
+    for suffix in reversed(SUFFIXES):
+        if row.endswith(suffix):
+            row = row[:-len(suffix)]
+            present.add(suffix)
+    return row, present
+
+
 def row_variant(row):
-    """"<kind>[_large][_noisy][_long][_gen2]" -> (kind, steps, student flags, labeler):
-    _large trains at --large_width, _noisy with NOISY, _long for --long_steps instead
-    of --student_steps, _gen2 a second generation of the same student, labeled by the
-    first (the row without _gen2, which must come before it) instead of the teacher."""
-    labeler = "teacher"
-    if row.endswith("_gen2"):
-        row = row[:-len("_gen2")]
-        labeler = f"student_{row}"
-    steps, model = FLAGS.student_steps, []
-    if row.endswith("_long"):
-        row, steps = row[:-len("_long")], FLAGS.long_steps
-    if row.endswith("_noisy"):
-        row, model = row[:-len("_noisy")], list(NOISY)
-    if row.endswith("_large"):
-        row, model = row[:-len("_large")], [f"--width_scale={FLAGS.large_width}", *model]
-    return row, steps, model, labeler
+    """A row -> (kind, steps, student flags, labeler): _large trains at --large_width,
+    _noisy with NOISY, _long for --long_steps instead of --student_steps, _gen2 a
+    second generation of the same student, labeled by the first (the row without
+    _gen2, which must come before it) instead of the teacher."""
+    kind, present = parse_row(row)
+    labeler = f"student_{row[:-len('_gen2')]}" if "_gen2" in present else "teacher"
+    steps = FLAGS.long_steps if "_long" in present else FLAGS.student_steps
+    model = ([f"--width_scale={FLAGS.large_width}"] if "_large" in present else []) + (
+        list(NOISY) if "_noisy" in present else [])
+    return kind, steps, model, labeler
 
 
 def validation_map(run, data_root, seed):
@@ -306,16 +313,16 @@ def render(results):
 
     def described(row):
         rs = by_row[row]
-        text = base[row.split("_large")[0].split("_noisy")[0].split("_long")[0]
-                    .split("_gen2")[0]]
-        if "_large" in row:
+        kind, present = parse_row(row)
+        text = base[kind]
+        if "_large" in present:
             text += f", at width {rs[0]['settings'].get('large_width', 0.75)} (larger)"
-        if "_noisy" in row:
+        if "_noisy" in present:
             text += ", the paper's noise (magnitude 9, 8 px shifts, dropout 0.5)"
-        if "_long" in row:
+        if "_long" in present:
             text += f", {rs[0]['steps']:,} steps"
         return text + (", generation 2 (labeled by generation 1, the row above)"
-                       if row.endswith("_gen2") else "")
+                       if "_gen2" in present else "")
 
     lines = ["| row | runs | test mAP | validation mAP | micro F1 | macro F1 | "
              "pseudo-label recall | pseudo-label precision | masked entries | "
