@@ -72,6 +72,9 @@ class Row:
     extra: tuple = ()  # flags of this row's model
     labels_from: str = "teacher"  # student: the row whose model labels (same seed)
     label_flags: tuple = ()  # student: the pseudo-labeling's own flags
+    # supervised: the teacher's steps (same seed) on top of the students', matching a
+    # student started from the teacher's weights
+    plus_teacher_steps: bool = False
 
 
 ROWS = (
@@ -96,7 +99,7 @@ ROWS = (
         "architecture at the student's steps)", "student", large=True,
         labels_from="control_teacher"),
     Row("no_pseudo_noise", "ablation: no noise on the pseudo-labeled images (same size)",
-        "student", seeds=(0,), extra=("--nopseudo_noise",)),
+        "student", extra=("--nopseudo_noise",)),
     Row("no_noise", "ablation: no noise at all (same size)", "student", seeds=(0,),
         extra=tuple(NO_NOISE)),
     Row("hard_labels", "ablation: hard pseudo-labels (same size)", "student", seeds=(0,),
@@ -106,7 +109,10 @@ ROWS = (
     Row("ratio_1", "ablation: unlabeled batch ratio 1, same steps (same size)", "student",
         seeds=(0,), extra=("--unlabeled_ratio=1",)),
     Row("from_teacher", "ablation: same size, started from the teacher, same steps",
-        "student", seeds=(0,), extra=("--init_from_teacher",)),
+        "student", extra=("--init_from_teacher",)),
+    Row("control_from_teacher", "control: the teacher, supervised for the teacher's and "
+        "the student's steps (matches from_teacher)", "supervised",
+        plus_teacher_steps=True),
     Row("supervised_all", "supervised on all 60,000 labels, larger architecture",
         "supervised", labels=0, seeds=(0,), large=True),
 )
@@ -121,6 +127,7 @@ COMPARISONS = (
     ("no_pseudo_noise", "student_same"), ("no_noise", "student_same"),
     ("hard_labels", "student_same"), ("no_balance", "student_same"),
     ("ratio_1", "student_same"), ("from_teacher", "student_same"),
+    ("from_teacher", "control_teacher"), ("from_teacher", "control_from_teacher"),
 )
 
 
@@ -132,7 +139,9 @@ def _settings(row):
             "extra": list(row.extra), "label_flags": list(row.label_flags),
             "labels_from": row.labels_from if row.kind == "student" else None,
             "student_steps": FLAGS.student_steps, "teacher_epochs": FLAGS.teacher_epochs,
-            "teacher_flags": TEACHER, "student_flags": STUDENT, "flags": FLAGS.flags}
+            "teacher_flags": TEACHER, "student_flags": STUDENT, "flags": FLAGS.flags,
+            # only where set: the other rows' settings (and keys) stay as recorded
+            **({"plus_teacher_steps": True} if row.plus_teacher_steps else {})}
 
 
 def settings_key(settings):
@@ -181,7 +190,11 @@ class Grid:
             self._train(out, *base, f"--epochs={FLAGS.teacher_epochs}",
                         "--eval_every_epochs=10", "--backup_every_steps=200")
         elif row.kind == "supervised":
-            self._train(out, *base, f"--train_steps={FLAGS.student_steps}",
+            steps = FLAGS.student_steps
+            if row.plus_teacher_steps:
+                steps += read_metrics(self.model(BY_NAME["teacher"], seed))[
+                    "optimizer_iterations"]
+            self._train(out, *base, f"--train_steps={steps}",
                         "--warmup_epochs=1", "--eval_every_epochs=10",
                         "--backup_every_steps=200", *row.extra)
         else:

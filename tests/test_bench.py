@@ -96,6 +96,15 @@ def test_paper_setting_rows_are_recorded_skipped_and_rendered(tmp_path, toy_fold
     assert again.returncode == 0, again.stderr[-3000:]
     assert "student_same seed 0: finished earlier; skipped" in again.stderr
     assert len(open(tmp_path / "results.jsonl").readlines()) == 2
+    # the control matching a student started from the teacher: the teacher's steps on
+    # top of the students'
+    control = _paper(tmp_path, toy_folder, "--rows=control_from_teacher", "--seeds=0")
+    assert control.returncode == 0, control.stderr[-3000:]
+    teacher_steps = json.load(open(tmp_path / "runs" / "seed0" / "teacher" / "metrics.json"))[
+        "optimizer_iterations"]
+    line = json.loads(open(tmp_path / "results.jsonl").readlines()[-1])
+    assert line["row"] == "control_from_teacher" and teacher_steps > 0
+    assert line["steps"] == 3 + teacher_steps
     (tmp_path / "RESULTS.md").write_text("# Results\n\nhand-written\n")
     written = _paper(tmp_path, toy_folder, "--write")
     assert written.returncode == 0, written.stderr[-3000:]
