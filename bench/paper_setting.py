@@ -123,6 +123,7 @@ COMPARISONS = (
     ("student_same", "teacher"), ("student_same", "control_teacher"),
     ("student_large", "student_same"), ("gen2", "student_large"),
     ("student_large_strong", "control_teacher"), ("student_large_strong", "control_large"),
+    ("student_large_strong", "student_large"), ("supervised_all", "control_large"),
     ("student_large_100", "teacher_100"), ("student_large_100", "control_large_100"),
     ("no_pseudo_noise", "student_same"), ("no_noise", "student_same"),
     ("hard_labels", "student_same"), ("no_balance", "student_same"),
