@@ -299,11 +299,10 @@ def revalidate():
         if (r.get("validation_of") != "exported model" and r["row"] in BY_NAME
                 and r["settings_key"] == settings_key(_settings(BY_NAME[r["row"]]))
                 and os.path.exists(os.path.join(model_dir, "metrics.json"))):
-            fixed[(r["row"], r["seed"], r["settings_key"])] = held_out_top1(
-                r["seed"], model_dir)
+            key = (r["row"], r["seed"], r["settings_key"])
+            fixed[key] = held_out_top1(r["seed"], model_dir)
             logging.info("%s seed %d: validation top-1 %s -> %.4f", r["row"], r["seed"],
-                         r.get("validation_top1"), fixed[(r["row"], r["seed"],
-                                                          r["settings_key"])])
+                         r.get("validation_top1"), fixed[key])
     lines = read_jsonl(FLAGS.results)
     for r in lines:
         key = (r["row"], r["seed"], r["settings_key"])
