@@ -143,22 +143,30 @@ def run_seed(seed, done):
             continue
         cut = [f.format(p=FLAGS.min_precision) for f in cut_flags]
         labels = os.path.join(root, f"labels_{row}")
-        _tool("pseudo_label.py", labels, *base, *cut, f"--teacher={teacher}")
-        stats = json.load(open(os.path.join(labels, "stats.json")))
-        kept = _kept(labels, hidden, names)
         student = os.path.join(root, f"student_{row}")
+        # A cut-off that keeps nothing (labeling) or too few images (the student) is an
+        # outcome of the row, recorded with the stage that refused, never a crash: which
+        # stage refuses a toy teacher's cut-off hangs on the CPU's numerics.
+        stage = "pseudo_label"
         try:
+            _tool("pseudo_label.py", labels, *base, *cut, f"--teacher={teacher}")
+            stats = json.load(open(os.path.join(labels, "stats.json")))
+            kept = {"images_kept": stats["distinct_images"], "records": stats["records"],
+                    **_kept(labels, hidden, names)}
+            stage = "student"
             _tool("train.py", student, *base, *cut, *STUDENT, f"--pseudo_labels={labels}",
                   f"--student_steps={FLAGS.student_steps}", *FLAGS.flags)
             s = read_metrics(student)
             trained = {"student_top1": round(s["test_top1"], 4),
                        "student_steps": s["optimizer_iterations"]}
-        except ToolRefused as e:  # a cut-off that keeps too few images is an outcome
-            logging.warning("No student for %s, seed %d: %s", row, seed, e.message)
-            trained = {"student_top1": None, "student_steps": 0,
-                       "student_refused": e.message}
-        line = {"row": row, "seed": seed, "images_kept": stats["distinct_images"],
-                "records": stats["records"], **kept,
+        except ToolRefused as e:
+            logging.warning("%s refused %s, seed %d: %s", stage, row, seed, e.message)
+            if stage == "pseudo_label":
+                kept = {"images_kept": 0, "records": 0, "kept_out_of_domain": 0,
+                        "kept_accuracy": None}
+            trained = {"student_top1": None, "student_steps": 0, "refused_stage": stage,
+                       "refused": e.message}
+        line = {"row": row, "seed": seed, **kept,
                 "teacher_top1": round(t["test_top1"], 4),
                 "teacher_ece": round(t["calibration"]["test_before"]["ece"], 4),
                 "teacher_ece_calibrated": round(t["calibration"]["test_after"]["ece"], 4),
@@ -203,12 +211,26 @@ def render(results):
              "|---|---|---|---|---|---|"]
 
     def stat(rs, key, digits=4):
-        v = np.array([r[key] for r in rs if r[key] is not None], np.float64)
+        v = np.array([r[key] for r in rs if r.get(key) is not None], np.float64)
         text = "" if not len(v) else f"{v.mean():.{digits}f}" + (
             f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "")
-        if len(v) < len(rs):  # seeds whose cut-off kept too few images for a student
-            text += f" (no student in {len(rs) - len(v)} of {len(rs)}: too few kept)"
         return text.strip()
+
+    def refusals(rs):
+        """Seeds whose cut-off kept nothing (labeling refused) or too few images for a
+        student's batch (the student refused): how many, at which stage, and why."""
+        by_stage = collections.defaultdict(list)
+        for r in rs:
+            if r.get("student_top1") is None:
+                # lines before refused_stage existed: only the student could refuse
+                by_stage[r.get("refused_stage", "student")].append(
+                    r.get("refused", r.get("student_refused", "")))
+        parts = []
+        for stage, messages in sorted(by_stage.items()):
+            why = messages[0].removeprefix("error:").strip().rstrip(".")
+            parts.append(f"{stage} refused in {len(messages)} of {len(rs)}" + (
+                f": {why}" if why else ""))
+        return f" ({'; '.join(parts)})" if parts else ""
 
     for row, what, _ in CUTS:
         rs = rows.get(row, [])
@@ -217,7 +239,7 @@ def render(results):
             continue
         lines.append(f"| {what} | {len(rs)} | {stat(rs, 'images_kept', 0)} | "
                      f"{stat(rs, 'kept_accuracy')} | {stat(rs, 'kept_out_of_domain', 0)} | "
-                     f"{stat(rs, 'student_top1')} |")
+                     f"{(stat(rs, 'student_top1') + refusals(rs)).strip()} |")
     lines.append("")
     lines.append("Paired by seed (each cut-off minus the raw 0.3 row, points; counts: the "
                  "mean is beyond twice its standard error):")

@@ -166,18 +166,96 @@ def test_trust_results_rows_on_a_small_slice(tmp_path):
     classes = json.load(open(tmp_path / "runs" / "seed0" / "data" / "classes.json"))
     assert len(classes) == 600 - 80 and classes.count("bag") > 0  # 8 classes x 10 labeled
     assert not os.path.exists(tmp_path / "runs" / "seed0" / "data" / "labeled" / "train" / "bag")
+    # A 1-epoch toy teacher's confidences sit near the cut-offs, so which stage (if any)
+    # refuses a row depends on the CPU's numerics: each possible outcome is pinned exactly.
     for x in lines:
         assert 0 <= x["kept_out_of_domain"] <= x["images_kept"] <= len(classes)
-        if x["student_top1"] is None:  # the 1-epoch teacher's precision cut-off kept < 2
-            assert x["row"] == "precision" and x["student_steps"] == 0
-            assert "pseudo batch" in x["student_refused"]
+        stage = x.get("refused_stage")
+        if stage == "pseudo_label":  # the cut-off kept none of the unlabeled images
+            assert x["images_kept"] == x["records"] == 0 and x["student_top1"] is None
+            assert x["student_steps"] == 0 and x["kept_accuracy"] is None
+            assert "filters out every one of the 520 images" in x["refused"]
+        elif stage == "student":  # it kept fewer images than one pseudo batch
+            assert x["images_kept"] >= 1 and x["student_top1"] is None
+            assert x["student_steps"] == 0 and "pseudo batch" in x["refused"]
         else:
+            assert stage is None and x["images_kept"] >= 1
             assert x["student_steps"] == 2 and 0 <= x["student_top1"] <= 1
     (tmp_path / "RESULTS.md").write_text("# Results\n")
     written = subprocess.run(args + ["--write"], capture_output=True, text=True, timeout=300,
                              env=env)
     assert written.returncode == 0, written.stderr[-3000:]
     assert "| 0.3 on the calibrated softmax | 1 |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_trust_results_records_a_refusal_at_either_stage(tmp_path):
+    """run_seed with the tools replaced: the precision row's labeling refuses, the
+    calibrated row's student refuses, the raw row trains. Each refusal is a results line
+    naming its stage and message (no crash, no student after a refused labeling), and
+    the table says which stage refused and why."""
+    script = r"""
+import json, os, sys
+sys.path.insert(0, "bench")
+import common, trust_results as t
+from absl import flags
+out, results = sys.argv[1], sys.argv[2]
+flags.FLAGS(["trust", f"--out={out}", f"--results={results}"])
+root = os.path.join(out, "seed0")
+os.makedirs(os.path.join(root, "data"))
+os.makedirs(os.path.join(root, "teacher"))
+json.dump(["bag", "dress"], open(os.path.join(root, "data", "classes.json"), "w"))
+cal = {"test_before": {"ece": 0.2}, "test_after": {"ece": 0.1, "examples": 9},
+       "temperature": 0.8}
+json.dump({"test_top1": 0.5, "calibration": cal},
+          open(os.path.join(root, "teacher", "metrics.json"), "w"))
+json.dump({"dataset": {"class_names": ["dress"]}},
+          open(os.path.join(root, "teacher", "model_info.json"), "w"))
+calls = []
+
+def tool(name, run, *args):
+    row = os.path.basename(run).partition("_")[2]
+    calls.append((name, row))
+    if name == "pseudo_label.py":
+        if row == "precision":
+            raise common.ToolRefused(name, "error: every per-class cut-off "
+                                     "(--min_precision) filters out every one of the 2 images.")
+        os.makedirs(run)
+        json.dump({"distinct_images": 2, "records": 3},
+                  open(os.path.join(run, "stats.json"), "w"))
+    elif row == "calibrated_0.3":
+        raise common.ToolRefused(name, "error: 1 pseudo-labeled image is fewer than one "
+                                 "pseudo batch (2).")
+    elif row:
+        os.makedirs(run)
+        json.dump({"test_top1": 0.75, "optimizer_iterations": 2},
+                  open(os.path.join(run, "metrics.json"), "w"))
+
+t._tool = tool
+t._kept = lambda *args: {"kept_out_of_domain": 1, "kept_accuracy": 1.0}
+t.run_seed(0, set())
+print(json.dumps({"calls": calls, "table": t.render(common.read_jsonl(results))}))
+"""
+    results = tmp_path / "trust.jsonl"
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "runs"),
+                             str(results)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ["pseudo_label.py", "precision"] in out["calls"]
+    assert ["train.py", "precision"] not in out["calls"]  # nothing to train on
+    lines = {x["row"]: x for x in map(json.loads, open(results))}
+    assert set(lines) == {"raw_0.3", "calibrated_0.3", "precision"}
+    raw, cal, precision = lines["raw_0.3"], lines["calibrated_0.3"], lines["precision"]
+    assert raw["student_top1"] == 0.75 and "refused_stage" not in raw
+    assert (cal["refused_stage"], cal["student_top1"], cal["images_kept"]) == ("student",
+                                                                              None, 2)
+    assert (precision["refused_stage"], precision["images_kept"], precision["records"]) == (
+        "pseudo_label", 0, 0)
+    assert "filters out every one of the 2 images" in precision["refused"]
+    assert "(pseudo_label refused in 1 of 1: every per-class cut-off (--min_precision) " \
+        "filters out every one of the 2 images) |" in out["table"]
+    assert "(student refused in 1 of 1: 1 pseudo-labeled image is fewer than one pseudo " \
+        "batch (2)) |" in out["table"]
 
 
 def test_a_refused_tool_is_an_outcome_and_the_table_says_so():
@@ -216,7 +294,7 @@ print(json.dumps(out))
     assert out["refused"].startswith("error:") and "top_k" in out["refused"]
     assert "flag" not in out and out["flag_rc"] == 1
     # student top-1 over the two seeds that had one: 0.6 ± 0.1414 (numpy std, ddof=1)
-    assert "| 0.6000 ± 0.1414 (no student in 1 of 3: too few kept) |" in out["table"]
+    assert "| 0.6000 ± 0.1414 (student refused in 1 of 3) |" in out["table"]
 
 
 def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
