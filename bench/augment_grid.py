@@ -57,16 +57,23 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from nstudent.augment import DeviceNoise, make_randaugment
+    from nstudent.augment import DeviceNoise, make_cutout, make_randaugment
 
     keras.utils.set_random_seed(FLAGS.seed)
     images = _images()
     rows = [("original", images.astype(np.float32))]
-    for magnitude in (2.0, 9.0):
+    for magnitude in (2.0, 5.0, 9.0):
         host = make_randaugment(FLAGS.layers, magnitude, "keras_cv", FLAGS.seed,
                                 FLAGS.fill_value)
         rows.append((f"KerasCV M={magnitude:g}", np.stack(
             [keras.ops.convert_to_numpy(host(tf.constant(x, tf.float32))) for x in images])))
+        # the reference's op table, then (as its small-image input) Cutout of half the side
+        reference = make_randaugment(FLAGS.layers, magnitude, "reference", FLAGS.seed,
+                                     FLAGS.fill_value)
+        cutout = make_cutout(images.shape[1] // 2, FLAGS.fill_value)
+        rows.append((f"reference M={magnitude:g}\n+ Cutout", np.stack(
+            [keras.ops.convert_to_numpy(cutout(reference(tf.constant(x, tf.float32))))
+             for x in images])))
         device = DeviceNoise(FLAGS.layers, magnitude, random_flip=False, seed=FLAGS.seed,
                              fill_value=FLAGS.fill_value)
         rows.append((f"device M={magnitude:g}",

@@ -5,8 +5,10 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,6 +38,37 @@ def run_tool(name, *args):
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command,
                                             stderr="".join(tail))
+
+
+def timed_tool(name, out, *args):
+    """tools/<name> --out=<out> unless <out> is finished (metrics.json), timed into
+    <out>.timing.json: wall and CPU seconds summed over resumed calls, so a row's
+    minutes survive a kill."""
+    if os.path.exists(os.path.join(out, "metrics.json")):
+        return
+    timing_path = out + ".timing.json"
+    timing = (json.load(open(timing_path)) if os.path.exists(timing_path) else
+              {"wall_seconds": 0.0, "cpu_seconds": 0.0, "calls": 0,
+               "load_average_at_start": os.getloadavg()[0]})
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    run_tool(name, *args, f"--out={out}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timing["wall_seconds"] += time.time() - start
+    timing["cpu_seconds"] += (after.ru_utime + after.ru_stime - before.ru_utime
+                              - before.ru_stime)
+    timing["calls"] += 1
+    with open(timing_path + ".tmp", "w") as f:
+        json.dump(timing, f)
+    os.replace(timing_path + ".tmp", timing_path)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def read_metrics(run_dir):
@@ -90,3 +123,38 @@ def paired(results, a, b, key="test_top1"):
     mean, std = mean_std(diffs)
     counts = std is not None and abs(mean) > 2 * std / math.sqrt(len(diffs))
     return diffs, mean, std, counts
+
+
+def t_two_sided_p(t, df):
+    """Two-sided p of Student's t with `df` degrees of freedom: 1 - 2 * the integral
+    of its density from 0 to |t| (Simpson's rule on 20,001 points; the density is
+    smooth and bounded, so this is exact to ~1e-9 without scipy)."""
+    t = abs(float(t))
+    if math.isinf(t):
+        return 0.0
+    n = 20_000  # even: Simpson
+    h = t / n
+    log_c = (math.lgamma((df + 1) / 2) - math.lgamma(df / 2)
+             - 0.5 * math.log(df * math.pi))
+    total = 0.0
+    for i in range(n + 1):
+        x = i * h
+        weight = 1 if i in (0, n) else (4 if i % 2 else 2)
+        total += weight * math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df))
+    return min(max(1.0 - 2.0 * total * h / 3.0, 0.0), 1.0)
+
+
+def paired_t_test(results, a, b, key="test_top1"):
+    """Row a - row b of `key` over the seeds both have, with the paired t-test:
+    {"seeds", "diffs", "mean", "std", "t", "p", "finding"}; a finding at p < 0.05
+    (two-sided, n - 1 degrees of freedom). One seed: no std, t or p."""
+    diffs, mean, std, _ = paired(results, a, b, key)
+    out = {"seeds": len(diffs), "diffs": diffs, "mean": mean, "std": std, "t": None,
+           "p": None, "finding": False}
+    if std is not None:
+        se = std / math.sqrt(len(diffs))
+        out["t"] = math.inf if se == 0 else mean / se
+        out["p"] = 0.0 if se == 0 and mean else (1.0 if se == 0 else
+                                                  t_two_sided_p(out["t"], len(diffs) - 1))
+        out["finding"] = out["p"] < 0.05
+    return out

@@ -43,6 +43,8 @@ flags.DEFINE_float("width_scale", 1.0, "Width multiplier.")
 flags.DEFINE_float("depth_scale", 1.0, "Depth multiplier.")
 flags.DEFINE_integer("image_size", 224, "Resolution.")
 flags.DEFINE_integer("stem_stride", 2, "Stem stride.")
+flags.DEFINE_enum("stage_strides", "auto", ["auto", "imagenet", "small"],
+                  "Stride plan of the stages (models.STAGE_STRIDES); auto: small up to 64 px.")
 flags.DEFINE_integer("channels", 3, "Image channels.")
 flags.DEFINE_integer("num_classes", 1000, "Classes.")
 flags.DEFINE_integer("batch_size", 256, "Labeled batch size.")
@@ -191,7 +193,8 @@ def main(argv):
     config = models.ModelConfig(
         variant=FLAGS.model, num_classes=FLAGS.num_classes, channels=FLAGS.channels,
         image_size=FLAGS.image_size, width_scale=FLAGS.width_scale,
-        depth_scale=FLAGS.depth_scale, stem_stride=FLAGS.stem_stride)
+        depth_scale=FLAGS.depth_scale, stem_stride=FLAGS.stem_stride,
+        stage_strides=FLAGS.stage_strides)
     input_config = data.InputConfig(image_size=FLAGS.image_size, batch_size=b,
                                     randaugment_magnitude=FLAGS.randaugment_magnitude,
                                     randaugment_impl=impl)

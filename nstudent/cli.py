@@ -66,15 +66,27 @@ def define_data_flags():
 
 
 def define_model_flags():
-    flags.DEFINE_enum("model", "b0", list(models.VARIANTS), "EfficientNet variant.")
+    flags.DEFINE_enum("model", "b0", list(models.VARIANTS), "EfficientNet variant, or "
+                      "cnn: the plain small-image CNN (three blocks of two 3x3 convs with "
+                      "batch norm, 0.29M parameters), the supervised baseline to beat.")
     flags.DEFINE_float("width_scale", 1.0, "Multiplies the variant's width coefficient.")
     flags.DEFINE_float("depth_scale", 1.0, "Multiplies the variant's depth coefficient.")
     flags.DEFINE_integer("stem_stride", 2, "Stride of the stem convolution; 1 suits "
                          "28-32 px images.")
+    flags.DEFINE_enum("stage_strides", "auto", ["auto", *models.STAGE_STRIDES],
+                      "Stride plan of the seven stages: imagenet (total stride 32 with "
+                      "the stem's 2: a 1x1 map at the head at 32 px), small (the "
+                      "reference's small-image plan, stages 2 and 3 at stride 1: total "
+                      "stride 8, a 4x4 map at 28-32 px), auto: small up to "
+                      f"{models.efficientnet.SMALL_IMAGE_MAX} px. The training log "
+                      "prints each stage's map size.")
     flags.DEFINE_integer("image_size", 0, "Training resolution; 0: the variant's.")
     flags.DEFINE_float("dropout", -1.0, "Dropout before the classifier; <0: the variant's.")
     flags.DEFINE_float("stochastic_depth", 0.2, "Stochastic depth drop rate of the last "
-                       "block (rising linearly from 0 at the first).")
+                       "block (rising linearly from 0 at the first). It reaches only "
+                       "the residual blocks (stride 1, as many channels out as in): at "
+                       "B0 with --depth_scale=0.5, 3 of 10 (block4b, block5b, block6b); "
+                       "the training log lists them.")
 
 
 def define_train_flags():
@@ -91,11 +103,18 @@ def define_train_flags():
     flags.DEFINE_float("warmup_epochs", 1.0, "Linear warm-up epochs.")
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
     flags.DEFINE_integer("randaugment_layers", 2, "RandAugment operations per image (N).")
-    flags.DEFINE_float("randaugment_magnitude", 9.0, "RandAugment magnitude M, 0-10.")
+    flags.DEFINE_float("randaugment_magnitude", 9.0, "RandAugment magnitude M on the "
+                       "0-10 scale; what M means differs by implementation (README's "
+                       "table): only `reference` maps it as the Noisy Student reference.")
     flags.DEFINE_enum("randaugment_impl", "auto", list(augment.IMPLEMENTATIONS),
-                      "RandAugment implementation: keras_cv or keras per image in "
-                      "tf.data, device inside the compiled step on uint8 batches, auto "
-                      "(device under JAX on a GPU/TPU, else keras_cv). See README.")
+                      "RandAugment implementation: reference (the Noisy Student "
+                      "reference's 15-op table and magnitudes), keras_cv or keras per "
+                      "image in tf.data, device inside the compiled step on uint8 "
+                      "batches, auto (device under JAX on a GPU/TPU, else keras_cv).")
+    flags.DEFINE_integer("cutout", 0, "Side in pixels of one square cut out of every "
+                         "noised training image after RandAugment, filled with "
+                         "--fill_value (the reference's small-image input: half the "
+                         "side, 16 at 32 px); 0: none.")
     flags.DEFINE_float("fill_value", 128.0, "Grey level (0-255) that fills what "
                        "RandAugment's rotate, shear and translate expose (the reference's "
                        "128; KerasCV and Keras would reflect, mirroring the object); 0 may "
@@ -234,8 +253,12 @@ def label_config():
 def define_student_flags():
     flags.DEFINE_integer("unlabeled_ratio", 3, "Pseudo-labeled batch size as a multiple "
                          "of --batch_size.")
-    flags.DEFINE_float("pseudo_loss_weight", 1.0, "Weight of the cross-entropy against "
-                       "pseudo-labels (the labeled one has weight 1).")
+    flags.DEFINE_float("pseudo_loss_weight", None, "Weight of the mean cross-entropy "
+                       "against pseudo-labels (the labeled one has --labeled_loss_weight). "
+                       "Unset: the reference's, --unlabeled_ratio (its loss is labeled CE "
+                       "+ unlabel_ratio x pseudo CE, so each pseudo-labeled image weighs "
+                       "as much as a labeled one); 1 for distillation and multi-label "
+                       "students, as before.")
     flags.DEFINE_bool("init_from_teacher", False, "Start the student from the teacher's "
                       "weights (same architecture) instead of from scratch.")
     flags.DEFINE_integer("student_steps", 0, "Train each student for exactly this many "
@@ -407,7 +430,7 @@ def model_config(info=None):
         channels=info.channels if info else FLAGS.channels,
         image_size=FLAGS.image_size, width_scale=FLAGS.width_scale,
         depth_scale=FLAGS.depth_scale, stem_stride=FLAGS.stem_stride,
-        dropout=FLAGS.dropout, stochastic_depth=FLAGS.stochastic_depth)
+        stage_strides=FLAGS.stage_strides, dropout=FLAGS.dropout, stochastic_depth=FLAGS.stochastic_depth)
 
 
 def input_config(image_size, batch_size=None):
@@ -419,7 +442,7 @@ def input_config(image_size, batch_size=None):
         random_flip=FLAGS.random_flip, crop=FLAGS.crop, crop_padding=FLAGS.crop_padding,
         crop_scale=_pair("crop_scale"), crop_ratio=_pair("crop_ratio"),
         center_crop=FLAGS.center_crop, cache=FLAGS.cache, fill_value=FLAGS.fill_value,
-        geometric_noise=FLAGS.task != "multilabel")
+        cutout=FLAGS.cutout, geometric_noise=FLAGS.task != "multilabel")
 
 
 def train_config():
@@ -513,7 +536,7 @@ def check_range(name, value, low, low_ok, high, high_ok):
 
 def check_flag_ranges(ranges=FLAG_RANGES):
     for name, *bounds in ranges:
-        if name in FLAGS:
+        if name in FLAGS and getattr(FLAGS, name) is not None:  # None: unset, a rule
             check_range(name, getattr(FLAGS, name), *bounds)
 
 

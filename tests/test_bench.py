@@ -381,3 +381,81 @@ def test_multilabel_results_rows_on_tiny_mosaics(tmp_path):
     both = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- bench/multilabel_results.py --labels_per_class=3: begin -->" in both
     assert both.count("| teacher (labeled mosaics only) | 1 |") == 2
+
+
+def test_paired_t_test_against_closed_forms_and_a_table():
+    """Student's t two-sided p against its closed forms (df 1: 1 - 2 atan(t) / pi; df 2:
+    1 - t / sqrt(t^2 + 2)) and the printed table's 0.05 critical values; the paired test
+    of 0.02, 0.03, 0.05 is t = 3.78 on 2 df, p = 0.063: no finding, although its mean
+    is beyond twice its standard error (the older benches' "counts")."""
+    import math
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import common
+
+    for t in (0.3, 1.0, 2.5, 12.0):
+        assert abs(common.t_two_sided_p(t, 1) - (1 - 2 * math.atan(t) / math.pi)) < 1e-9
+        assert abs(common.t_two_sided_p(-t, 2) - (1 - t / math.sqrt(t * t + 2))) < 1e-9
+    for df, critical in ((2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)):
+        assert abs(common.t_two_sided_p(critical, df) - 0.05) < 3e-4
+    rows = [{"row": "a", "seed": s, "test_top1": v} for s, v in enumerate([0.80, 0.81, 0.85])]
+    rows += [{"row": "b", "seed": s, "test_top1": v} for s, v in enumerate([0.78, 0.78, 0.80])]
+    test = common.paired_t_test(rows, "a", "b")
+    t = (0.1 / 3) / (0.0152753 / math.sqrt(3))
+    assert test["seeds"] == 3 and abs(test["t"] - t) < 1e-4
+    assert abs(test["p"] - (1 - t / math.sqrt(t * t + 2))) < 1e-5 and not test["finding"]
+    assert common.paired(rows, "a", "b")[3]  # the 2-SE rule calls it a difference
+    rows += [{"row": r, "seed": 3, "test_top1": v} for r, v in (("a", 0.84), ("b", 0.80))]
+    assert common.paired_t_test(rows, "a", "b")["finding"]  # 4 seeds: t = 5.42, p = 0.012
+    one = common.paired_t_test(rows[:1] + rows[3:4], "a", "b")
+    assert one["seeds"] == 1 and one["p"] is None and not one["finding"]
+
+
+def test_converged_grid_records_curves_commit_and_renders_t_tests(tmp_path, toy_folder):
+    """bench/converged.py on a toy folder: the plain CNN, the teacher and a student
+    labeled by it; each line records the commit it ran from, the steps, images seen and
+    the validation curve's plateau; the runs' metrics.json hold the curve and curves.png
+    is drawn; a rerun adds nothing; --write renders the paired t-test columns."""
+    args = [sys.executable, os.path.join(ROOT, "bench", "converged.py"),
+            f"--out={tmp_path / 'runs'}", f"--results={tmp_path / 'c.jsonl'}",
+            f"--results_md={tmp_path / 'RESULTS.md'}", "--teacher_epochs=2",
+            "--cnn_epochs=2", "--student_steps=3", "--control_steps=3", "--seeds=0",
+            "--rows=plain_cnn,teacher,student",
+            "--flags=--dataset=folder:%s,--channels=1,--width_scale=0.25,--depth_scale=0.25,"
+            "--image_size=16,--batch_size=8,--min_confidence=0,--labels_per_class=20,"
+            "--validation_fraction=0.25,--bn_recalibration_batches=2" % toy_folder]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(x) for x in open(tmp_path / "c.jsonl")]
+    assert [x["row"] for x in lines] == ["plain_cnn", "teacher", "student"]
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    for line in lines:
+        run = tmp_path / "runs" / "seed0" / line["row"]
+        metrics = json.load(open(run / "metrics.json"))
+        assert line["commit"].rstrip("+") == head
+        assert line["validation_top1"] == round(metrics["validation_top1"], 4)
+        curve = metrics["validation_curve"]
+        assert curve and curve[-1]["step"] == metrics["optimizer_iterations"]
+        assert line["plateau"]["best"] == round(max(p["top1"] for p in curve), 4)
+        assert (run / "curves.png").stat().st_size > 0
+    cnn, teacher, student = lines
+    assert json.load(open(tmp_path / "runs" / "seed0" / "plain_cnn" / "model_info.json"))[
+        "model"]["variant"] == "cnn"
+    for line in (cnn, teacher):  # 2 epochs of one pass over the labels
+        steps_per_epoch = json.load(open(tmp_path / "runs" / "seed0" / line["row"] /
+                                         "metrics.json"))["steps_per_epoch"]
+        assert line["steps"] == 2 * steps_per_epoch and line["images_seen"] == 8 * line["steps"]
+    assert [p["epoch"] for p in json.load(open(
+        tmp_path / "runs" / "seed0" / "teacher" / "metrics.json"))["validation_curve"]] == [1, 2]
+    assert student["steps"] == 3 and student["images_seen"] == 3 * 8 * 4
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and len(open(tmp_path / "c.jsonl").readlines()) == 3
+    (tmp_path / "RESULTS.md").write_text("# Results\n")
+    written = subprocess.run(args + ["--write"], capture_output=True, text=True,
+                             timeout=300, env=env)
+    assert written.returncode == 0, written.stderr[-3000:]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| p (two-sided) | finding (p < 0.05) |" in text
+    assert "| teacher - plain_cnn | 1 |" in text and "(one run)" in text

@@ -93,3 +93,88 @@ def test_every_layer_supports_jit(tiny_model):
     # A layer with supports_jit=False (e.g. an augmentation layer) would silently
     # turn off XLA for the whole training step.
     assert all(getattr(l, "supports_jit", True) for l in tiny_model._flatten_layers())
+
+
+# The map side after the stem and each stage, by hand: 'same' padding rounds each
+# stride-2 layer up (ceil(28 / 2) = 14, ceil(7 / 2) = 4).
+MAP_SIDES = {  # (plan, image size): stem, stages 1-7
+    ("small", 32): [16, 16, 16, 16, 8, 8, 4, 4],
+    ("small", 28): [14, 14, 14, 14, 7, 7, 4, 4],
+    ("imagenet", 32): [16, 16, 8, 4, 2, 2, 1, 1],
+    ("imagenet", 224): [112, 112, 56, 28, 14, 14, 7, 7],
+}
+
+
+@pytest.mark.parametrize("plan,size", list(MAP_SIDES))
+def test_feature_map_sizes_follow_the_stride_plan(plan, size):
+    """feature_map_sizes against a hand table, and the built network's real maps: the
+    output of each stage's last block and of the head's convolution."""
+    from nstudent.models import describe_feature_maps, feature_map_sizes
+
+    config = ModelConfig("b0", 10, channels=1, image_size=size, width_scale=0.25,
+                         depth_scale=0.5, stage_strides=plan)
+    sizes = feature_map_sizes(config)
+    assert [name for name, _ in sizes] == ["stem"] + [f"block{i}" for i in range(1, 8)]
+    assert [side for _, side in sizes] == MAP_SIDES[plan, size]
+    model = build_efficientnet(config)
+    last_of_stage = {}
+    for layer in model.layers:
+        if layer.name.startswith("block") and layer.name.endswith(("project_bn", "add")):
+            last_of_stage[layer.name[:6]] = layer.name
+    names = ["stem_activation"] + [last_of_stage[f"block{i}"] for i in range(1, 8)]
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names]
+                        + [model.get_layer("top_activation").output])
+    maps = probe(np.zeros((1, size, size, 1), "float32"))
+    assert [m.shape[1] for m in maps] == MAP_SIDES[plan, size] + [MAP_SIDES[plan, size][-1]]
+    assert describe_feature_maps(config).endswith(
+        f"block7 {MAP_SIDES[plan, size][-1]}x{MAP_SIDES[plan, size][-1]}")
+
+
+def test_auto_stride_plan_is_small_for_small_images_and_kept_when_saved():
+    """auto: the small-image plan up to 64 px, ImageNet's above; the resolved plan is
+    what a saved config holds (fine-tuning at 224 keeps a 32 px model's network), and
+    a config saved before the plans existed rebuilds ImageNet's."""
+    small = ModelConfig("b0", 10, image_size=32)
+    assert small.stage_strides == "small"
+    assert ModelConfig("b0", 10, image_size=64).stage_strides == "small"
+    assert ModelConfig("b0", 10, image_size=65).stage_strides == "imagenet"
+    assert ModelConfig("b0", 10).stage_strides == "imagenet"  # the variant's 224 px
+    assert small.replace(image_size=224).stage_strides == "small"
+    assert ModelConfig.from_dict(small.to_dict()) == small
+    old = {k: v for k, v in small.to_dict().items() if k != "stage_strides"}
+    assert ModelConfig.from_dict(old).stage_strides == "imagenet"
+    with pytest.raises(ValueError, match="stage_strides must be auto or one of"):
+        ModelConfig("b0", 10, stage_strides="tiny")
+
+
+def test_residual_blocks_are_where_stochastic_depth_acts():
+    """At B0 depth 0.5 the 10 blocks have 3 residual ones; the layers built agree."""
+    from nstudent.models import residual_blocks
+
+    config = ModelConfig("b0", 10, image_size=32, depth_scale=0.5)
+    assert residual_blocks(config) == ["block4b", "block5b", "block6b"]
+    model = build_efficientnet(config)
+    dropped = sorted(l.name.split("_")[0] for l in model.layers
+                     if l.name.endswith("drop_path"))
+    assert dropped == ["block4b", "block5b", "block6b"]
+
+
+def test_plain_cnn_parameters_maps_and_blocks_by_hand():
+    """--model=cnn at 10 classes on grey images: per conv 9 x in x out weights and 4
+    batch-norm values per channel, then the classifier (128 x 10 + 10): 289,066. Its
+    maps are halved by each block's pooling (32 -> 16, 8, 4), and its blocks are named
+    as EfficientNet's, so freezing by block works."""
+    from nstudent.models import describe_feature_maps
+
+    convs = [(1, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
+    by_hand = sum(9 * i * o + 4 * o for i, o in convs) + 128 * 10 + 10
+    assert by_hand == 289_066
+    config = ModelConfig("cnn", 10, channels=1, image_size=32)
+    model = build_efficientnet(config)
+    assert model.count_params() == by_hand
+    assert describe_feature_maps(config) == "block1 16x16, block2 8x8, block3 4x4"
+    probe = keras.Model(model.input, model.get_layer("block3b_pool").output)
+    assert probe(np.zeros((1, 32, 32, 1), "float32")).shape == (1, 4, 4, 128)
+    assert block_names(model) == ["block1a", "block1b", "block2a", "block2b", "block3a",
+                                  "block3b"]
+    assert build_efficientnet(config.replace(width_scale=0.5)).count_params() < by_hand

@@ -83,6 +83,11 @@ def test_student_trains_exports_and_warns_when_smaller(tmp_path, tiny_config, ca
         str(tmp_path / "teacher")).digest
     assert metrics["steps_per_epoch"] == pl.records // 8
     assert metrics["last_epoch"]["pseudo_loss"] > 0
+    # the reference's loss by default: labeled CE + unlabeled_ratio x pseudo CE
+    assert metrics["pseudo_loss_weight"] == 2.0
+    last = metrics["last_epoch"]
+    assert last["loss"] == pytest.approx(last["labeled_loss"] + 2 * last["pseudo_loss"],
+                                         rel=1e-4)
     assert (tmp_path / "student" / "saved_model" / "saved_model.pb").exists()
     assert (tmp_path / "student" / "model.keras").exists()
 

@@ -3,4 +3,4 @@
 from nstudent.augment.contrastive import ContrastiveViews  # noqa: F401
 from nstudent.augment.device import DeviceNoise, device_noise  # noqa: F401
 from nstudent.augment.randaugment import (  # noqa: F401
-    IMPLEMENTATIONS, make_randaugment, resolve_impl)
+    IMPLEMENTATIONS, make_cutout, make_randaugment, resolve_impl)

@@ -8,6 +8,9 @@ Host implementations (per image, inside tf.data), both well kept:
   once per call and evaluates all nine every time, so applied per image it is
   slower here (~750 img/s); it is the one that runs on the JAX backend inside
   a jitted step.
+- "reference": the Noisy Student reference's own op table and magnitude mapping
+  (augment/reference.py: 15 ops, AutoContrast to SolarizeAdd, on its 0-10 scale),
+  built from TensorFlow image ops, per image in tf.data.
 On the accelerator: "device" is `nstudent.augment.device.DeviceNoise`, run by
 the model inside the compiled training step on uint8 batches (the flip and crop
 move there too). "auto" picks "device" under JAX on a GPU or TPU, where tf.data
@@ -17,7 +20,7 @@ Magnitudes use the RandAugment paper's 0-10 scale (10 = strongest).
 
 from nstudent.errors import InputError
 
-IMPLEMENTATIONS = ("auto", "keras_cv", "keras", "device", "none")
+IMPLEMENTATIONS = ("auto", "keras_cv", "keras", "reference", "device", "none")
 MAX_MAGNITUDE = 10.0
 
 
@@ -58,9 +61,12 @@ def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None, fill_value=
                          "not in tf.data.")
     if impl == "none" or num_ops == 0:
         return lambda image: image
-    import tensorflow as tf
-
     strength = magnitude / MAX_MAGNITUDE
+    if impl == "reference":
+        from nstudent.augment.reference import reference_randaugment
+
+        layer = reference_randaugment(num_ops, magnitude, fill_value, geometric=geometric)
+        return _on_rgb(layer)
     if impl == "keras_cv":
         import keras_cv
 
@@ -75,18 +81,37 @@ def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None, fill_value=
 
     if geometric:
         _fill_with_constant(layer, fill_value)
+    return _on_rgb(lambda image: layer(image, training=True))
+
+
+def _on_rgb(augment_rgb):
+    """`augment_rgb` (RGB float32 in [0, 255]) on images of 1 or 3 channels: the colour
+    operations need RGB, so a grey image runs as grey RGB and comes back grey."""
+    import tensorflow as tf
 
     def augment(image):
         channels = image.shape[-1]
         if channels == 1:
-            # The colour operations need RGB: run them on a grey RGB image.
             image = tf.image.grayscale_to_rgb(image)
-        image = tf.cast(layer(image, training=True), tf.float32)
+        image = tf.cast(augment_rgb(image), tf.float32)
         if channels == 1:
             image = tf.reduce_mean(image, axis=-1, keepdims=True)
         return tf.clip_by_value(image, 0.0, 255.0)
 
     return augment
+
+
+def make_cutout(size, fill_value=128.0):
+    """image -> the image with one `size` x `size` square (clipped at the border) at a
+    uniformly random centre filled with `fill_value`: the reference's small-image input
+    cuts one out after RandAugment (half the side). 0: the identity."""
+    if size < 0:
+        raise InputError(f"--cutout must be 0 (off) or a side in pixels, got {size}.")
+    if not size:
+        return lambda image: image
+    from nstudent.augment.reference import cutout
+
+    return lambda image: cutout(image, size, fill_value)
 
 
 def _fill_with_constant(layer, value):

@@ -27,6 +27,9 @@ class InputConfig:
     crop_ratio: tuple = (0.75, 4 / 3)  # random_resized: aspect ratio range
     center_crop: float = 0.875  # random_resized: evaluation keeps this central fraction
     fill_value: float = 128.0  # what geometric noise exposes is filled with this grey
+    # side in px of the square cut out (filled with fill_value) after RandAugment, as the
+    # reference's small-image input (half the side); 0: none
+    cutout: int = 0
     # False: RandAugment's colour operations only (multi-label runs: a shear or a shift
     # of up to 0.9 of the side at magnitude 9 can push a labeled object out of view)
     geometric_noise: bool = True
@@ -47,6 +50,13 @@ class InputConfig:
                              f"{self.randaugment_magnitude}.")
         if not 0 <= self.fill_value <= 255:
             raise InputError(f"--fill_value must be in [0, 255], got {self.fill_value}.")
+        if self.cutout < 0:
+            raise InputError(f"--cutout must be 0 (off) or a side in pixels, got "
+                             f"{self.cutout}.")
+        if self.cutout and self.randaugment_impl == "device":
+            raise InputError("--cutout runs in tf.data; --randaugment_impl=device noises on "
+                             "the device, where it has no cutout: use keras_cv, keras or "
+                             "reference.")
         if self.crop_padding < 0:
             raise InputError(f"--crop_padding must not be negative, got {self.crop_padding}.")
         if self.crop not in CROPS:

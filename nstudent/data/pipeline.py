@@ -21,7 +21,7 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
-from nstudent.augment import make_randaugment
+from nstudent.augment import make_cutout, make_randaugment
 
 AUTOTUNE = tf.data.AUTOTUNE
 MEMORY_CACHE_BUDGET = 0.25  # cache=auto: at most this fraction of RAM
@@ -228,11 +228,12 @@ def train_dataset(examples, num_classes, config, augment=True, seed=None, repeat
             config.randaugment_layers, config.randaugment_magnitude,
             config.randaugment_impl, noise_seed(seed, start), config.fill_value,
             config.geometric_noise)
+        cutout = make_cutout(config.cutout, config.fill_value)
 
         def noise(index, example):
             image, label = example
             image = _crop_and_flip(image, index, config, seed)
-            return randaugment(tf.cast(image, tf.float32)), label
+            return cutout(randaugment(tf.cast(image, tf.float32))), label
 
         ds = ds.map(noise, num_parallel_calls=AUTOTUNE,
                     deterministic=config.deterministic_order)

@@ -91,3 +91,44 @@ def to_tensorboard(log_dir, pngs, step=0):
         for tag, path in pngs.items():
             png = tf.io.decode_png(tf.io.read_file(path), channels=3)
             tf.summary.image(tag, png[None], step=step)
+
+
+def curves_png(training, validation, path, title, start_epoch=0):
+    """Left: the training loss by epoch (every loss part the stage logs); right: the
+    training top-1 by epoch and the validation top-1 where it was taken. `training`:
+    {name: [per epoch]} from epoch `start_epoch` + 1 (a resumed run's history starts
+    late); `validation`: [{"epoch", "top1", ...}] or None."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, values in sorted(training.items()):
+        epochs = np.arange(start_epoch + 1, start_epoch + 1 + len(values))
+        if name.endswith("loss"):
+            loss_ax.plot(epochs, values, label=name)
+        elif name.endswith(("top1", "auc_pr")):
+            top1_ax.plot(epochs, values, label=f"train {name}")
+    validation = validation or []
+    points = [(v["epoch"], v["loss"]) for v in validation if "loss" in v]
+    if points:
+        x, y = zip(*points)
+        loss_ax.plot(x, y, "o-", color="black", label="validation loss")
+    for key in ("top1", "map"):
+        points = [(v["epoch"], v[key]) for v in validation if key in v]
+        if points:
+            x, y = zip(*points)
+            top1_ax.plot(x, y, "o-", color="black", label=f"validation {key}")
+            best = int(np.argmax(y))
+            top1_ax.annotate(f"best {y[best]:.4f}", (x[best], y[best]),
+                             textcoords="offset points", xytext=(0, 6), ha="center")
+    for ax, what in ((loss_ax, "loss"), (top1_ax, "top-1")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)

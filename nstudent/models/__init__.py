@@ -1,8 +1,9 @@
 """EfficientNet family with dropout and stochastic depth."""
 
 from nstudent.models.efficientnet import (  # noqa: F401
-    VARIANTS, ModelConfig, block_names, build_efficientnet, build_encoder, feature_width,
-    head_layer, round_filters, stage_plan)
+    STAGE_STRIDES, VARIANTS, ModelConfig, block_names, build_efficientnet, build_encoder,
+    describe_feature_maps, feature_map_sizes, feature_width, head_layer, residual_blocks,
+    round_filters, stage_plan)
 from nstudent.models.layers import stochastic_depth  # noqa: F401
 from nstudent.models.pretrained import (  # noqa: F401
     PretrainedWeights, build_with_weights, load_pretrained)

@@ -4,6 +4,12 @@ The model is fully convolutional up to global pooling and takes inputs of any
 spatial size, so a generation can be fine-tuned or served at another
 resolution without rebuilding. Inputs are float pixels in [0, 255]; the output
 is logits (softmax lives in the loss and in the serving signature).
+
+Two stride plans (`STAGE_STRIDES`): ImageNet's (total stride 32: a 7x7 map at the
+head at 224 px, but 1x1 at 32 px) and the reference's small-image plan for 32 px
+inputs (google-research/noisystudent, CIFAR/SVHN: stages 2 and 3 at stride 1, total
+stride 8, a 4x4 map at the head at 28-32 px). "auto" picks the small plan up to
+SMALL_IMAGE_MAX px.
 """
 
 import dataclasses
@@ -39,6 +45,14 @@ B0_STAGES = (
 )
 
 
+# Strides of the seven stages per plan (the stem's is ModelConfig.stem_stride).
+STAGE_STRIDES = {
+    "imagenet": tuple(stage.strides for stage in B0_STAGES),  # 1,2,2,2,1,2,1
+    "small": (1, 1, 1, 2, 1, 2, 1),  # the reference's small_image_model
+}
+SMALL_IMAGE_MAX = 64  # "auto": the small plan at this resolution and below
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     width: float
@@ -58,7 +72,11 @@ VARIANTS = {
     "b6": Variant(1.8, 2.6, 528, 0.5),
     "b7": Variant(2.0, 3.1, 600, 0.5),
     "l2": Variant(4.3, 5.3, 800, 0.5),
+    # Not an EfficientNet: the plain small-image CNN a user would train instead
+    # (models/plain_cnn.py), the baseline every claim is measured against.
+    "cnn": Variant(1.0, 1.0, 32, 0.0),
 }
+PLAIN_CNN = "cnn"
 
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
@@ -77,6 +95,9 @@ class ModelConfig:
     width_scale: float = 1.0  # multiplies the variant's width coefficient
     depth_scale: float = 1.0  # multiplies the variant's depth coefficient
     stem_stride: int = 2  # 1 keeps detail on 28-32 px images
+    # "auto" (resolved when the config is made, so a saved config rebuilds the same
+    # network at any resolution): "small" up to SMALL_IMAGE_MAX px, else "imagenet"
+    stage_strides: str = "auto"
     dropout: float = -1.0  # <0: the variant's rate
     stochastic_depth: float = 0.2  # drop rate of the last block
     # Input normalisation (x - mean) / std per channel, in pixel units; empty: 127.5,
@@ -96,6 +117,12 @@ class ModelConfig:
                 f"choose one of {', '.join(VARIANTS)}.")
         if self.num_classes < 2:
             raise InputError(f"num_classes must be >= 2, got {self.num_classes}.")
+        if self.stage_strides == "auto":
+            object.__setattr__(self, "stage_strides", "small" if (
+                self.resolved_image_size <= SMALL_IMAGE_MAX) else "imagenet")
+        if self.stage_strides not in STAGE_STRIDES:
+            raise InputError(f"stage_strides must be auto or one of "
+                             f"{', '.join(STAGE_STRIDES)}, got {self.stage_strides!r}.")
         if self.stem_stride not in (1, 2):
             raise InputError(f"stem_stride must be 1 or 2, got {self.stem_stride}.")
         for name in ("dropout", "stochastic_depth"):
@@ -152,6 +179,7 @@ class ModelConfig:
         d = {k: v for k, v in d.items() if k in fields}
         for key in ("input_mean", "input_std", "head_units"):
             d[key] = tuple(d.get(key, ()))
+        d.setdefault("stage_strides", "imagenet")  # runs saved before the plans existed
         return cls(**d)
 
 
@@ -212,9 +240,12 @@ def mbconv_block(x, args, drop_rate, name):
 def stage_plan(config):
     """Per-block arguments after width/depth scaling, named like Keras' blocks."""
     plan = []
+    if config.variant == PLAIN_CNN:
+        return plan
+    strides = STAGE_STRIDES[config.stage_strides]
     for stage, base in enumerate(B0_STAGES, start=1):
         args = dataclasses.replace(
-            base,
+            base, strides=strides[stage - 1],
             filters_in=round_filters(base.filters_in, config.width),
             filters_out=round_filters(base.filters_out, config.width),
             repeats=round_repeats(base.repeats, config.depth))
@@ -223,6 +254,37 @@ def stage_plan(config):
                 args, filters_in=args.filters_out, strides=1)
             plan.append((f"block{stage}{chr(ord('a') + i)}_", block))
     return plan
+
+
+def feature_map_sizes(config, image_size=None):
+    """[(layer, side of its output map)] for the stem and each stage's last block at
+    `image_size` (default: the config's): what the head pools, seen before training.
+    'same' padding rounds each stride-2 layer's side up."""
+    side = image_size or config.resolved_image_size
+    if config.variant == PLAIN_CNN:
+        from nstudent.models.plain_cnn import map_sizes
+
+        return map_sizes(side)
+    side = -(-side // config.stem_stride)
+    sizes = [("stem", side)]
+    plan = stage_plan(config)
+    for index, (name, args) in enumerate(plan):
+        side = -(-side // args.strides)
+        if index + 1 == len(plan) or plan[index + 1][0][:6] != name[:6]:
+            sizes.append((name.rstrip("_")[:-1], side))  # "block2b_" -> "block2"
+    return sizes
+
+
+def describe_feature_maps(config, image_size=None):
+    """One line: the map side after the stem and each stage, e.g. for the log."""
+    return ", ".join(f"{name} {side}x{side}" for name, side in
+                     feature_map_sizes(config, image_size))
+
+
+def residual_blocks(config):
+    """The blocks with a residual connection: the only ones stochastic depth drops."""
+    return [name.rstrip("_") for name, args in stage_plan(config)
+            if args.strides == 1 and args.filters_in == args.filters_out]
 
 
 def head_layer(x, units, index, relu=True):
@@ -239,6 +301,10 @@ def head_layer(x, units, index, relu=True):
 
 def feature_width(config):
     """Channels of the pooled features (the encoder's output)."""
+    if config.variant == PLAIN_CNN:
+        from nstudent.models.plain_cnn import feature_width as cnn_width
+
+        return cnn_width(config.width)
     return round_filters(HEAD_FILTERS, config.width)
 
 
@@ -247,6 +313,10 @@ def build_encoder(config):
     inputs = keras.Input((None, None, config.channels), name="images")
     scale, offset = config.input_scale_offset
     x = layers.Rescaling(scale, offset=offset, name="rescale")(inputs)
+    if config.variant == PLAIN_CNN:
+        from nstudent.models.plain_cnn import features
+
+        return inputs, features(x, config.width)
     x = _conv(round_filters(STEM_FILTERS, config.width), 3, config.stem_stride,
               name="stem_conv")(x)
     x = _bn("stem_bn")(x)
@@ -276,7 +346,8 @@ def build_efficientnet(config):
         config.num_classes, dtype="float32", name="logits",
         kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform"),
     )(x)
-    return keras.Model(inputs, outputs, name=f"efficientnet_{config.variant}")
+    name = "plain_cnn" if config.variant == PLAIN_CNN else f"efficientnet_{config.variant}"
+    return keras.Model(inputs, outputs, name=name)
 
 
 def block_names(model):

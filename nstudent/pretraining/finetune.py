@@ -14,7 +14,8 @@ from nstudent.errors import InputError
 from nstudent.export import MODEL_INFO, PRETRAIN, is_finished, read_json
 from nstudent.pretraining.network import HeadConfig
 
-ARCHITECTURE = ("variant", "width_scale", "depth_scale", "stem_stride", "channels")
+ARCHITECTURE = ("variant", "width_scale", "depth_scale", "stem_stride", "stage_strides",
+                "channels")
 
 
 def read_pretrain_run(path):

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from nstudent import data, export
+from nstudent import data, export, models
 from nstudent.errors import InputError
 from nstudent.training import distribute
 from nstudent.training.backup import StageBackup, backup_dir
@@ -48,6 +48,7 @@ class StageRun:
     start: float = dataclasses.field(default_factory=time.time)
     backup: StageBackup = None
     optimizer_iterations: int = None
+    validation: Validation = None  # its curve goes to metrics.json and curves.png
 
     def scope(self):
         return self.placement.scope()
@@ -79,6 +80,11 @@ class StageRun:
         --eval_every_epochs. `train_ds(start)`: the training stream after `start`
         batches (supervised.fit)."""
         config = self.train_config
+        logging.info("%s network: %d parameters; feature maps at %d px: %s; stochastic "
+                     "depth reaches %s.", self.stage, network.count_params(),
+                     self.model_config.resolved_image_size,
+                     models.describe_feature_maps(self.model_config),
+                     ", ".join(models.residual_blocks(self.model_config)) or "no block")
         self.backup = StageBackup(
             backup_dir(self.out_dir, self.placement),
             {"stage": self.stage, "model": self.model_config.to_dict(),
@@ -92,6 +98,7 @@ class StageRun:
             self._ready_to_evaluate(network, dataset)
             validation = Validation(network, dataset, config.eval_every_epochs, source,
                                     self.task)
+        self.validation = validation
         distribute.prebuild(model, train_ds(0), self.placement)
 
         def stream(start):
@@ -155,6 +162,7 @@ class StageRun:
                               metrics)
 
         def write():
+            self.draw_curves(metrics)
             temperature = self.assess(network, metrics)
             export.write_run(self.out_dir, network, self.model_config, stage_data.info,
                              metrics, input_config.eval_crop_fraction,
@@ -218,6 +226,7 @@ class StageRun:
 
         def write():
             os.makedirs(self.out_dir, exist_ok=True)
+            self.draw_curves(metrics)
             png = pictures.average_precision_png(
                 scores["per_class"], names, thresholds,
                 os.path.join(self.out_dir, "average_precision.png"),
@@ -231,6 +240,19 @@ class StageRun:
 
         return self.publish(metrics, write, "Test mAP %.4f, micro F1 %.4f, macro F1 %.4f" % (
             scores["map"], scores["micro_f1"], scores["macro_f1"]))
+
+    def draw_curves(self, metrics):
+        """curves.png: the training loss and top-1 by epoch, with the validation
+        scores where they were taken (also in TensorBoard)."""
+        from nstudent.evaluation import pictures
+
+        os.makedirs(self.out_dir, exist_ok=True)
+        name = f"{os.path.basename(os.path.normpath(self.out_dir))} ({self.stage})"
+        png = pictures.curves_png(metrics["training_curve"], metrics["validation_curve"],
+                                  os.path.join(self.out_dir, "curves.png"), name,
+                                  start_epoch=self.train_config.epochs - len(
+                                      metrics["training_curve"].get("loss", [])))
+        pictures.to_tensorboard(os.path.join(self.out_dir, "logs"), {"train/curves": png})
 
     def assess(self, network, metrics):
         """Before the exports (the chief): the test split's confusion matrix and
@@ -300,6 +322,9 @@ class StageRun:
             last_epoch={k: float(v[-1]) for k, v in history.items()},
             validation={k: [float(x) for x in v] for k, v in history.items()
                         if k.startswith("val_")} or None,
+            validation_curve=self.validation.curve if self.validation else None,
+            training_curve={k: [float(x) for x in v] for k, v in history.items()
+                            if not k.startswith("val_")},
             resumed_from_epoch=resumed["epoch"] if resumed else None,
             resumed_from_step=resumed["step"] if resumed else None,
             optimizer_iterations=self.optimizer_iterations,

@@ -74,7 +74,10 @@ class StudentConfig:
     """How a student learns from the pseudo-labels, beyond its TrainConfig."""
 
     unlabeled_ratio: int = 3  # pseudo-labeled batch = this x the labeled batch
-    pseudo_loss_weight: float = 1.0
+    # None: the reference's weighting (google-research/noisystudent's loss is labeled
+    # CE + unlabel_ratio x pseudo CE, means over each batch): unlabeled_ratio; 1 for
+    # distillation (SimCLRv2's loss alone) and multi-label students (measured at 1)
+    pseudo_loss_weight: float = None
     labeled_loss_weight: float = 1.0  # 0: pseudo-labels only (SimCLRv2's distillation)
     init_from_teacher: bool = False  # else from scratch (or from init_weights)
     init_weights: str = None
@@ -92,13 +95,21 @@ class StudentConfig:
         if self.unlabeled_ratio < 1:
             raise InputError(f"--unlabeled_ratio must be at least 1, got "
                              f"{self.unlabeled_ratio}.")
-        if self.pseudo_loss_weight < 0:
+        if self.pseudo_loss_weight is not None and self.pseudo_loss_weight < 0:
             raise InputError(f"--pseudo_loss_weight must not be negative, got "
                              f"{self.pseudo_loss_weight}.")
         check_distillation(self.distill_temperature, self.labeled_loss_weight)
 
-    def report(self):
-        return dataclasses.asdict(self)
+    def pseudo_weight(self, multilabel=False):
+        """The pseudo-label loss weight this student trains with."""
+        if self.pseudo_loss_weight is not None:
+            return float(self.pseudo_loss_weight)
+        return 1.0 if multilabel or self.distill_temperature else float(
+            self.unlabeled_ratio)
+
+    def report(self, multilabel=False):
+        return dict(dataclasses.asdict(self), pseudo_loss_weight=self.pseudo_weight(
+            multilabel))
 
 
 def train_student(out_dir, stage_data, pseudo, model_config, input_config, train_config,
@@ -174,13 +185,13 @@ class StudentStage:
             noised = with_device_noise(network, input_config, seed)
             if multilabel:
                 self.student = MultiLabelStudent(
-                    noised, info.num_classes, config.pseudo_loss_weight,
+                    noised, info.num_classes, config.pseudo_weight(multilabel=True),
                     config.labeled_loss_weight,
                     pseudo.stats.get("class_weights") if config.pseudo_class_weights
                     else None)
             else:
                 self.student = NoisyStudent(
-                    noised, config.pseudo_loss_weight, train_config.label_smoothing,
+                    noised, config.pseudo_weight(), train_config.label_smoothing,
                     hard_pseudo_labels=bool(pseudo.settings.get("hard")),
                     distill_temperature=config.distill_temperature,
                     labeled_loss_weight=config.labeled_loss_weight)
@@ -192,7 +203,7 @@ class StudentStage:
             logging.warning("The student (%d parameters) is smaller than its teacher (%d): "
                             "noisy student expects an equal or larger student.",
                             network.count_params(), self.teacher_params)
-        self.settings = {"pseudo_labels": pseudo.settings, **config.report()}
+        self.settings = {"pseudo_labels": pseudo.settings, **config.report(multilabel)}
 
     def train_ds(self, start=0):
         """Both streams after `start` steps, zipped: (labeled batch, pseudo batch)."""

@@ -186,6 +186,9 @@ class Validation(keras.callbacks.Callback):
         super().__init__()
         self.network, self.dataset, self.every, self.source = network, dataset, every, source
         self.task = task
+        # [{"epoch", "step", <scores>}]: metrics.json's validation_curve and curves.png,
+        # what tells a run at its plateau from one cut short
+        self.curve = []
 
     def on_epoch_end(self, epoch, logs=None):
         last = epoch + 1 == self.params.get("epochs")
@@ -196,6 +199,8 @@ class Validation(keras.callbacks.Callback):
             scores = self.network.evaluate(self.dataset, verbose=0, return_dict=True)
         if logs is not None:
             logs.update({f"val_{k}": float(v) for k, v in scores.items()})
+        self.curve.append({"epoch": epoch + 1, "step": int(keras.ops.convert_to_numpy(
+            self.model.optimizer.iterations)), **{k: float(v) for k, v in scores.items()}})
         logging.info("Epoch %d: validation (%s) %s.", epoch + 1, self.source,
                      scores_line(scores))
 
