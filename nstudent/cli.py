@@ -1,6 +1,9 @@
 """Flags shared by the tools in tools/, and turning them into library objects."""
 
+import contextlib
+import json
 import os
+import shutil
 import sys
 
 from absl import flags, logging
@@ -618,6 +621,63 @@ def already_finished(out, redo):
     return False
 
 
+def parse_flags(argv):
+    """absl's flag parsing for the tools, where a bad flag (misspelt, of the wrong type
+    or outside its choices) ends as every other bad input does: one `error:` line
+    naming it and exit code 2 (absl's own parser prints FATAL and exits 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e} (see --help).", file=sys.stderr)
+        sys.exit(2)
+
+
+def main_of(main):
+    """The tools' entry point: `main(argv)`'s return value is the exit code."""
+    from absl import app
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+
+
+def writer_role():
+    """What tells apart the processes that write one --out by design: a distributed
+    run's task (TF_CONFIG, or Keras' JAX process id) and a labeling job's shard."""
+    roles = []
+    if os.environ.get("TF_CONFIG"):
+        try:
+            task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+            roles.append(f"{task.get('type', 'task')}{task.get('index', '')}")
+        except (ValueError, AttributeError):  # distribute.py names what is wrong with it
+            roles.append("task")
+    if os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID"):
+        roles.append(f"process{os.environ['KERAS_DISTRIBUTION_PROCESS_ID']}")
+    if "num_shards" in FLAGS and FLAGS.num_shards > 1 and FLAGS.shard_index >= 0:
+        roles.append(f"shard{FLAGS.shard_index}")
+    return "-".join(roles)
+
+
+@contextlib.contextmanager
+def _writing(out):
+    """The output folder's lock while the stage runs (export/lock.py); none without
+    an --out. A stage that fails before it leaves anything to resume or read (its new
+    folder holds at most TensorBoard's logs/) leaves no folder; a killed one leaves
+    its lock file beside the folder, which says the folder is incomplete (the next
+    run takes the lock over and resumes or replaces it)."""
+    if not out:
+        yield
+        return
+    from nstudent.export.lock import output_lock
+
+    existed = os.path.exists(out)
+    with output_lock(out, writer_role()):
+        try:
+            yield
+        except BaseException:
+            if not existed and os.path.isdir(out) and set(os.listdir(out)) <= {"logs"}:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
 def run_stage(stage, validate=True):
     """Runs `stage()` after the flag checks (`validate`: True for the shared ones, or a
     function that runs them and the tool's own). Bad input ends in one line on stderr
@@ -630,7 +690,8 @@ def run_stage(stage, validate=True):
             validate()
         elif validate:
             validate_flags()
-        return stage() or 0
+        with _writing(FLAGS["out"].value if "out" in FLAGS and FLAGS.is_parsed() else None):
+            return stage() or 0
     except InputError as e:
         if os.environ.get("NSTUDENT_TRACEBACK"):
             raise
@@ -643,8 +704,8 @@ def run_stage(stage, validate=True):
         if path is None:
             raise
         print(f"error: {path} is not a readable image (truncated, empty or not an image). "
-              "Pass --skip_corrupt_images to skip such files (counted in metrics.json), "
-              "or --verify_images to check every image before training.", file=sys.stderr)
+              "Pass --skip_corrupt_images to skip such files (they are counted and "
+              "logged), or --verify_images to check every image before any work.", file=sys.stderr)
         return 2
 
 

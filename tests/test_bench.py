@@ -259,8 +259,9 @@ print(json.dumps({"calls": calls, "table": t.render(common.read_jsonl(results))}
 
 
 def test_a_refused_tool_is_an_outcome_and_the_table_says_so():
-    """run_tool turns a tool's exit 2 into ToolRefused with its one-line message (a bug's
-    traceback stays a CalledProcessError); the trust table counts seeds with no student."""
+    """run_tool turns a tool's exit 2 (bad input, a bad flag included) into ToolRefused
+    with its one-line message (a bug's traceback stays a CalledProcessError); the trust
+    table counts seeds with no student."""
     script = """
 import json, subprocess, sys
 sys.path.insert(0, "bench")
@@ -272,7 +273,7 @@ try:
 except common.ToolRefused as e:
     out["refused"] = e.message
 try:
-    common.run_tool("predict.py", "--no_such_flag_at_all")  # absl: exit 1
+    common.run_tool("predict.py", "--no_such_flag_at_all")  # a bad flag: exit 2 too
 except common.ToolRefused as e:
     out["flag"] = e.message
 except subprocess.CalledProcessError as e:
@@ -292,7 +293,8 @@ print(json.dumps(out))
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["refused"].startswith("error:") and "top_k" in out["refused"]
-    assert "flag" not in out and out["flag_rc"] == 1
+    assert "flag_rc" not in out and out["flag"].startswith("error:")
+    assert "no_such_flag_at_all" in out["flag"]
     # student top-1 over the two seeds that had one: 0.6 ± 0.1414 (numpy std, ddof=1)
     assert "| 0.6000 ± 0.1414 (student refused in 1 of 3) |" in out["table"]
 

@@ -301,3 +301,20 @@ def test_train_batches_with_random_resized_crops_and_each_cache(cache):
 def test_input_config_refuses_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         data.InputConfig(image_size=16, batch_size=4, **kwargs)
+
+
+def test_a_split_missing_a_class_and_an_empty_class_are_named(tmp_path):
+    """The message says which split lacks which class (not the opposite), and a class
+    folder without images in train is refused by name rather than trained as a class
+    the model never sees."""
+    write_image_folder(tmp_path / "a", "train", classes=("cat", "dog", "fox"))
+    write_image_folder(tmp_path / "a", "test", classes=("cat", "dog"))
+    with pytest.raises(DataError, match=r"test lacks the class folder\(s\) \['fox'\] that "
+                                        "'train' has"):
+        data.load(f"folder:{tmp_path}/a")
+    write_image_folder(tmp_path / "b", "train", classes=("cat", "dog"))
+    write_image_folder(tmp_path / "b", "test", classes=("cat", "dog", "eel"))
+    (tmp_path / "b" / "train" / "eel").mkdir()
+    with pytest.raises(DataError, match=r"train: the class folder\(s\) \['eel'\] hold no "
+                                        "images"):
+        data.load(f"folder:{tmp_path}/b")

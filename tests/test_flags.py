@@ -155,3 +155,70 @@ def test_randaugment_refuses_a_negative_count():
     with pytest.raises(InputError, match="--randaugment_layers"):
         InputConfig(image_size=16, batch_size=4, randaugment_layers=-1)
     assert os.environ.get("NSTUDENT_TRACEBACK") is None
+
+
+SWEEP = r"""
+import importlib.util, io, json, sys, contextlib
+from absl import flags
+spec = importlib.util.spec_from_file_location("tool", sys.argv[1])
+tool = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool)
+from nstudent import cli
+FLAGS, seen = flags.FLAGS, {}
+for name in sorted(FLAGS):
+    flag = FLAGS[name]
+    if not isinstance(flag, (flags.EnumFlag, flags.EnumClassFlag)) or name in seen:
+        continue
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            cli.parse_flags([sys.argv[1], f"--{name}=no_such_choice"])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    FLAGS.unparse_flags()
+    seen[name] = [code, err.getvalue()]
+print(json.dumps(seen))
+"""
+
+
+def test_every_tool_refuses_a_bad_choice_with_one_line_and_exit_2():
+    """Every fixed-choice flag of every tool, given a value outside its choices: exit 2
+    and one `error:` line naming the flag (absl's own parser says FATAL and exits 1).
+    The tools run side by side, one process each (each defines its flags)."""
+    import json
+    import subprocess
+    import sys
+
+    tools = sorted((ROOT / "tools").glob("*.py"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    running = {t.name: subprocess.Popen([sys.executable, "-c", SWEEP, str(t)], env=env,
+                                        cwd=ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True) for t in tools}
+    for name, process in running.items():
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-2000:]
+        swept = json.loads(out.strip().splitlines()[-1])
+        assert swept, name
+        if name == "train.py":
+            assert {"model", "randaugment_impl", "task", "stage_strides"} <= set(swept)
+        for flag, (code, stderr) in swept.items():
+            lines = stderr.strip().splitlines()
+            assert code == 2 and len(lines) == 1, (name, flag, code, stderr)
+            assert lines[0].startswith("error:") and f"--{flag}" in lines[0], (name, lines)
+
+
+def test_a_bad_choice_and_an_unknown_flag_exit_2_from_the_command_line(tmp_path):
+    """As a user types them: `train.py --model=b9` and a misspelt flag, one line each."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    for arg, named in (("--model=b9", "--model"), ("--epoch=3", "epoch")):
+        result = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), arg,
+                                 f"--out={tmp_path}/x"], capture_output=True, text=True,
+                                env=env, timeout=300)
+        lines = [x for x in result.stderr.strip().splitlines() if x]
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0]
+        assert "FATAL" not in result.stderr and not (tmp_path / "x").exists()

@@ -257,7 +257,10 @@ def test_every_record_is_its_source_image_with_the_teachers_label(sorted_source,
                          ("hard", LabelConfig(min_confidence=0.5, hard=True))):
         stats = _label(teacher, info, split, tmp_path / name, config)
         records = read_records(str(tmp_path / name))
-        assert len(records) == stats["distinct_images"] > 0
+        assert len(records) == stats["distinct_images"] == stats["records_written"] > 0
+        # each image once with its copies: the examples an epoch sees, named apart
+        assert stats["examples_with_copies"] == stats["records"] == sum(
+            int(r["copies"]) for r in records)
         index = np.array([r["index"] for r in records])
         stored = np.stack([np.asarray(decode(r["image"], 1)) for r in records])
         np.testing.assert_array_equal(stored, images[index])  # image at its stored index

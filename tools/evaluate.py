@@ -12,9 +12,8 @@ mAP.
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
@@ -133,4 +132,4 @@ def _robustness(classifier, info, split, size):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.main_of(main)

@@ -14,9 +14,8 @@ and at the end prints a table and saves <out>/accuracy.png.
 
 import dataclasses
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
@@ -215,4 +214,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.main_of(main)

@@ -18,10 +18,9 @@ each class's sigmoid probability.
 
 import csv
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
@@ -143,4 +142,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.main_of(main)

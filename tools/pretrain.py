@@ -12,9 +12,8 @@ the kNN and linear-probe accuracy of the encoder on the test split.
 """
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
@@ -46,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.main_of(main)

@@ -17,9 +17,8 @@ outside the labeled subset (--labels_per_class, --seed: use the teacher's values
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
@@ -76,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.main_of(main)

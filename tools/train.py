@@ -12,9 +12,8 @@ Writes <out>/model.keras, <out>/saved_model/ (serving_default on uint8 images),
 
 import dataclasses
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 from nstudent import cli  # noqa: E402
@@ -59,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.main_of(main)

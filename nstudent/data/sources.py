@@ -369,15 +369,24 @@ def image_folder(root, split_names, channels=3, skip_corrupt=False, verify=False
             class_names = names
         elif names != class_names:
             unknown = sorted(set(names) - set(class_names))
+            missing = sorted(set(class_names) - set(names))
             raise DataError(
-                f"{split_dir} has classes that {split_names[0]!r} does not: "
-                f"{unknown or 'missing ' + str(sorted(set(class_names) - set(names)))}.")
-        paths, labels, others = [], [], []
+                f"{split_dir} has classes that {split_names[0]!r} does not: {unknown}."
+                if unknown else f"{split_dir} lacks the class folder(s) {missing} that "
+                f"{split_names[0]!r} has: every split needs the same classes.")
+        paths, labels, others, empty = [], [], [], []
         for label, name in enumerate(class_names):
             found, other = list_images(os.path.join(split_dir, name))
             paths += found
             labels += [label] * len(found)
             others += other
+            if not found:
+                empty.append(name)
+        if empty and split == split_names[0]:
+            # a class with no training image would be a class the model never learns
+            raise DataError(f"{split_dir}: the class folder(s) {empty} hold no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the "
+                            "folder(s) from every split.")
         _report_others(others, split_dir)
         if not paths:
             raise DataError(f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")

@@ -171,7 +171,8 @@ def select_multilabel(stage_data, config, out_dir, settings, overwrite=False):
         "images_read": images_read,
         "unreadable_skipped": sum(s["unreadable_skipped"] for s in shard_stats),
         "unreadable_first": [p for s in shard_stats for p in s["unreadable_first"]][:10],
-        "distinct_images": counts.images, "records": counts.images,
+        "distinct_images": counts.images, "records_written": counts.images,
+        "examples_with_copies": counts.images, "records": counts.images,
         "class_weights": class_weights(counts.positives).tolist(),
         "classes": counts.rows(names), "seconds_selecting": time.time() - start}
     rule = {"confident": f"positive at p >= {config.positive_threshold:g}, negative at "

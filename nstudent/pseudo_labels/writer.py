@@ -164,7 +164,11 @@ def select(stage_data, config, out_dir, settings, overwrite=False, cutoffs=None)
         "unreadable_skipped": sum(s["unreadable_skipped"] for s in shard_stats),
         "unreadable_first": [p for s in shard_stats for p in s["unreadable_first"]][:10],
         "above_threshold": int(plan.candidates.sum()),
-        "distinct_images": int(totals.selected.sum()), "records": int(totals.copies.sum()),
+        # each image is written once with its copies: `records` (kept one release, an
+        # alias) counts the copies, as `examples_with_copies` says
+        "distinct_images": int(totals.selected.sum()),
+        "records_written": int(totals.selected.sum()),
+        "examples_with_copies": int(totals.copies.sum()), "records": int(totals.copies.sum()),
         "classes": totals.per_class(names, plan, cut),
         "seconds_selecting": time.time() - start,
         **_agreement(split, read, info.num_classes)}
@@ -383,7 +387,8 @@ def write_shard_stats(out_dir, shard, settings, distinct, records):
     record_path, stats_path = output_paths(out_dir, shard.index, shard.num_shards)
     write_json(stats_path, {
         "settings": settings, "shard_index": shard.index, "num_shards": shard.num_shards,
-        "distinct_images": int(distinct), "records": int(records),
+        "distinct_images": int(distinct), "records_written": int(distinct),
+        "examples_with_copies": int(records), "records": int(records),
         "tfrecord": os.path.basename(record_path), "bytes": os.path.getsize(record_path)})
 
 

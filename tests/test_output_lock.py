@@ -1,0 +1,90 @@
+"""One writer per --out (export/lock.py): a second live writer is refused by PID before
+any work, a dead one's lock is taken over, and the lock goes with the stage."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from nstudent.export import lock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_lock_refuses_a_live_holder_takes_over_a_dead_one_and_is_released(tmp_path):
+    out = str(tmp_path / "run")
+    with lock.output_lock(out) as path:
+        assert path == out + ".lock"
+        holder = json.load(open(path))
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(lock.OutputInUse, match=f"process {os.getpid()} on"):
+            lock.acquire(out)
+        assert lock.acquire(out, "shard1") == out + ".shard1.lock"  # another role
+    assert not os.path.exists(out + ".lock")
+    with open(out + ".lock", "w") as f:  # left by a killed run
+        json.dump({"pid": _dead_pid(), "host": socket.gethostname()}, f)
+    os.makedirs(tmp_path / "run" / ".saved_model.tmp-abc123")  # its half-written export
+    os.makedirs(tmp_path / "run" / "logs")
+    path = lock.acquire(out)
+    assert json.load(open(path))["pid"] == os.getpid()
+    assert sorted(os.listdir(tmp_path / "run")) == ["logs"]  # the dead one's temporary went
+    lock.release(path)
+    with open(out + ".lock", "w") as f:  # another machine's: cannot be checked, so held
+        json.dump({"pid": 1, "host": "elsewhere"}, f)
+    with pytest.raises(lock.OutputInUse, match="on elsewhere"):
+        lock.acquire(out)
+
+
+def test_a_second_tool_into_the_same_out_is_refused_with_the_holders_pid(tmp_path):
+    """tools/train.py into an --out this process holds: one line, exit 2, the PID, and
+    nothing written there."""
+    out = str(tmp_path / "run")
+    with lock.output_lock(out):
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tools", "train.py"), f"--out={out}",
+             "--dataset=fashion_mnist", "--epochs=1"], capture_output=True, text=True,
+            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"is being written by process {os.getpid()}" in result.stderr
+    assert [x for x in result.stderr.splitlines() if x.startswith("error:")] and \
+        "Traceback" not in result.stderr
+    assert not os.path.exists(out)
+
+
+def test_a_failed_stage_leaves_no_folder_of_logs_alone(tmp_path):
+    """run_stage: a stage that fails with only TensorBoard's logs/ in its new --out
+    leaves no folder (a listing cannot take it for a run); one that leaves something to
+    resume (a backup) keeps it; either way the lock is gone."""
+    script = r"""
+import os, sys
+from absl import flags
+from nstudent import cli
+from nstudent.errors import InputError
+flags.DEFINE_string("out", None, "")
+flags.FLAGS(["x", "--out=" + sys.argv[1]])
+
+def fails(keep):
+    def stage():
+        os.makedirs(os.path.join(sys.argv[1], "logs"))
+        if keep:
+            os.makedirs(os.path.join(sys.argv[1], "backup"))
+        raise InputError("no good")
+    return stage
+
+print(cli.run_stage(fails(sys.argv[2] == "keep"), validate=False))
+"""
+    for mode, kept in (("plain", False), ("keep", True)):
+        out = tmp_path / mode
+        result = subprocess.run([sys.executable, "-c", script, str(out), mode],
+                                capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert result.stdout.strip() == "2" and "error: no good" in result.stderr
+        assert out.exists() == kept and not os.path.exists(str(out) + ".lock")
