@@ -1,6 +1,7 @@
 """What the benchmarks share: running a tool from the repository root, reading its run."""
 
 import collections
+import hashlib
 import json
 import math
 import os
@@ -69,6 +70,68 @@ def cpu_name():
                         if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor()
+
+
+def define_grid_flags(name):
+    """The flags every resumable grid bench has: --out (runs, not committed), --results
+    (bench/results/<name>.jsonl, committed), --rows, --seeds, --flags, --stop_after_hours,
+    --write and --results_md."""
+    from absl import flags
+
+    flags.DEFINE_string("out", f"runs/{name}", "Folder for the runs (not committed).")
+    flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", f"{name}.jsonl"),
+                        "Finished rows, one JSON line each (committed).")
+    flags.DEFINE_list("rows", [], "Rows to run (names in ROWS, run in ROWS' order); "
+                      "empty: all.")
+    flags.DEFINE_list("seeds", [], "Of each row's own seeds, those to run; empty: all.")
+    flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a toy dataset).")
+    flags.DEFINE_float("stop_after_hours", 0.0, "Start no new row after this many hours; "
+                       "0: no limit (a row in progress still finishes or resumes later).")
+    flags.DEFINE_bool("write", False, "Only render the RESULTS.md block from --results.")
+    flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
+
+
+def settings_key(settings):
+    """A short digest of what a row's result depends on: a finished line of other
+    settings is not reused."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pending(rows, done, key_of, only_rows=(), only_seeds=(), stop_after_hours=0.0):
+    """The (row, seed) pairs a grid still has to run, in `rows`' order: `done` holds the
+    (name, seed, settings key) of the finished lines, `key_of(row)` the row's key now;
+    `only_rows`/`only_seeds` (the --rows/--seeds strings) pick some; none is started
+    after `stop_after_hours` (0: no limit)."""
+    from absl import app, logging
+
+    unknown = [n for n in only_rows if n not in {r.name for r in rows}]
+    if unknown:
+        raise app.UsageError(f"--rows: unknown {', '.join(unknown)}; rows: "
+                             f"{', '.join(r.name for r in rows)}.")
+    start = time.time()
+    for row in rows:
+        if only_rows and row.name not in only_rows:
+            continue
+        key = key_of(row)
+        for seed in row.seeds:
+            if only_seeds and str(seed) not in only_seeds:
+                continue
+            if (row.name, seed, key) in done:
+                logging.info("%s seed %d: finished earlier; skipped.", row.name, seed)
+                continue
+            hours = (time.time() - start) / 3600
+            if stop_after_hours and hours > stop_after_hours:
+                logging.info("Stopping after %.1f hours; rerun to continue.", hours)
+                return
+            logging.info("=== %s seed %d ===", row.name, seed)
+            yield row, seed
+
+
+def append_line(path, line):
+    """One finished row: appended to the results file and printed."""
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(json.dumps(line), flush=True)
 
 
 def read_metrics(run_dir):

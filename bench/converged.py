@@ -18,44 +18,38 @@ commit so that edits in the main tree do not change a running grid.
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import subprocess
-import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from common import (
     ROOT,
+    append_line,
     cpu_name,
+    define_grid_flags,
     mean_std,
     paired_t_test,
+    pending,
     read_jsonl,
     read_metrics,
     run_tool,
+    settings_key,
     timed_tool,
     write_results_block,
 )
 
-flags.DEFINE_string("out", "runs/converged", "Folder for the runs (not committed).")
-flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "converged.jsonl"),
-                    "Finished rows, one JSON line each (committed).")
-flags.DEFINE_list("rows", [], "Rows to run (names in ROWS); empty: all, in ROWS' order.")
-flags.DEFINE_list("seeds", [], "Seeds to run; empty: each row's own.")
+define_grid_flags("converged")
 flags.DEFINE_integer("teacher_epochs", 100, "Epochs of the teacher (and of every "
                      "supervised EfficientNet row over its labels).")
 flags.DEFINE_integer("cnn_epochs", 100, "Epochs of the plain CNN rows.")
-flags.DEFINE_integer("student_steps", 3000, "Steps of every student row.")
+flags.DEFINE_integer("student_steps", 2000, "Steps of every student row (2,000 x 512 "
+                     "images: about an hour on the 2 cores).")
 flags.DEFINE_integer("control_steps", 3000, "Steps of the supervised controls (the "
                      "student's architecture on the labels alone).")
 flags.DEFINE_float("large_width", 0.75, "Width scale of the larger student and its "
                    "control (the teacher: 0.5).")
-flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a toy dataset).")
-flags.DEFINE_float("stop_after_hours", 0.0, "Start no new row after this many hours; 0: "
-                   "no limit.")
-flags.DEFINE_bool("write", False, "Only render the RESULTS.md block from --results.")
-flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
 FLAGS = flags.FLAGS
 BEGIN, END = ("<!-- bench/converged.py: begin -->", "<!-- bench/converged.py: end -->")
 
@@ -177,10 +171,6 @@ def settings(row):
             "teacher_flags": TEACHER, "student_flags": STUDENT, "flags": FLAGS.flags}
 
 
-def settings_key(s):
-    return hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def commit():
     """The commit the grid runs from (a worktree's HEAD), '+' when files differ."""
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
@@ -262,24 +252,10 @@ def result_line(row, seed, model_dir):
 def run_grid():
     os.makedirs(os.path.dirname(FLAGS.results), exist_ok=True)
     done = {(r["row"], r["seed"], r["settings_key"]) for r in read_jsonl(FLAGS.results)}
-    unknown = [n for n in FLAGS.rows if n not in BY_NAME]
-    if unknown:
-        raise app.UsageError(f"--rows: unknown {', '.join(unknown)}; rows: "
-                             f"{', '.join(BY_NAME)}.")
-    grid, start = Grid(os.path.abspath(FLAGS.out)), time.time()
-    for row in [BY_NAME[n] for n in FLAGS.rows] or ROWS:
-        for seed in [int(s) for s in FLAGS.seeds] or row.seeds:
-            if (row.name, seed, settings_key(settings(row))) in done:
-                continue
-            hours = (time.time() - start) / 3600
-            if FLAGS.stop_after_hours and hours > FLAGS.stop_after_hours:
-                logging.info("Stopping after %.1f hours (--stop_after_hours).", hours)
-                return
-            logging.info("=== %s, seed %d ===", row.name, seed)
-            line = result_line(row, seed, grid.model(row, seed))
-            with open(FLAGS.results, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            print(json.dumps(line), flush=True)
+    grid = Grid(os.path.abspath(FLAGS.out))
+    for row, seed in pending(ROWS, done, lambda r: settings_key(settings(r)), FLAGS.rows,
+                             FLAGS.seeds, FLAGS.stop_after_hours):
+        append_line(FLAGS.results, result_line(row, seed, grid.model(row, seed)))
 
 
 def _points(x):

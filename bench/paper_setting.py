@@ -16,40 +16,32 @@ ROWS (the controls before the ablations); --rows and --seeds pick some.
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
-import time
 
 from absl import app, flags, logging
 from common import (
-    ROOT,
+    append_line,
     cpu_name,
+    define_grid_flags,
     mean_std,
     paired,
+    pending,
     read_jsonl,
     read_metrics,
     run_tool,
+    settings_key,
     timed_tool,
     write_results_block,
 )
 
-flags.DEFINE_string("out", "runs/paper_setting", "Folder for the runs (not committed).")
-flags.DEFINE_string("results", os.path.join(ROOT, "bench", "results", "paper_setting.jsonl"),
-                    "Finished rows, one JSON line each (committed).")
-flags.DEFINE_list("rows", [], "Rows to run (names in ROWS); empty: all.")
-flags.DEFINE_list("seeds", [], "Seeds to run; empty: each row's own.")
+define_grid_flags("paper_setting")
 flags.DEFINE_integer("student_steps", 2000, "Steps of every student row and control.")
 flags.DEFINE_integer("teacher_epochs", 40, "Teacher epochs (the main job's).")
 flags.DEFINE_float("large_width", 0.75, "Width scale of the larger student (teacher: the "
                    "flagfile's 0.5; at depth 0.5, 0.75 gives 2.2x the parameters).")
-flags.DEFINE_list("flags", [], "More flags for every tool call (tests: a toy dataset).")
-flags.DEFINE_float("stop_after_hours", 0.0, "Start no new row after this many hours; 0: "
-                   "no limit (a row in progress still finishes or resumes next time).")
-flags.DEFINE_bool("write", False, "Only render the RESULTS.md table from --results.")
 flags.DEFINE_bool("revalidate", False, "Only give older result lines the exported model's "
                   "held-out top-1 (computed from their run folders in --out).")
-flags.DEFINE_string("results_md", os.path.join(ROOT, "RESULTS.md"), "Where --write goes.")
 FLAGS = flags.FLAGS
 BEGIN, END = ("<!-- bench/paper_setting.py: begin -->", "<!-- bench/paper_setting.py: end -->")
 
@@ -148,10 +140,6 @@ def _settings(row):
             "teacher_flags": TEACHER[:2], "student_flags": STUDENT, "flags": FLAGS.flags,
             # only where set: the other rows' settings (and keys) stay as recorded
             **({"plus_teacher_steps": True} if row.plus_teacher_steps else {})}
-
-
-def settings_key(settings):
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 class Grid:
@@ -299,30 +287,11 @@ def run_grid():
     done = {(r["row"], r["seed"], r["settings_key"]) for r in read_jsonl(FLAGS.results)}
     recorded = [(name, seed) for name, seed, key in done
                 if name in BY_NAME and key == settings_key(_settings(BY_NAME[name]))]
-    grid, start = Grid(os.path.abspath(FLAGS.out), recorded), time.time()
-    unknown = [n for n in FLAGS.rows if n not in BY_NAME]
-    if unknown:
-        raise app.UsageError(f"--rows: unknown {', '.join(unknown)}; rows: "
-                             f"{', '.join(BY_NAME)}.")
-    for row in ROWS:
-        if FLAGS.rows and row.name not in FLAGS.rows:
-            continue
-        settings = _settings(row)
-        for seed in row.seeds:
-            if FLAGS.seeds and str(seed) not in FLAGS.seeds:
-                continue
-            if (row.name, seed, settings_key(settings)) in done:
-                logging.info("%s seed %d: finished earlier; skipped.", row.name, seed)
-                continue
-            hours = (time.time() - start) / 3600
-            if FLAGS.stop_after_hours and hours > FLAGS.stop_after_hours:
-                logging.info("Stopping after %.1f hours; rerun to continue.", hours)
-                return
-            logging.info("=== %s seed %d ===", row.name, seed)
-            line = result_line(row, seed, grid.model(row, seed), settings)
-            with open(FLAGS.results, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            print(json.dumps(line), flush=True)
+    grid = Grid(os.path.abspath(FLAGS.out), recorded)
+    for row, seed in pending(ROWS, done, lambda r: settings_key(_settings(r)), FLAGS.rows,
+                             FLAGS.seeds, FLAGS.stop_after_hours):
+        append_line(FLAGS.results, result_line(row, seed, grid.model(row, seed),
+                                               _settings(row)))
 
 
 def _points(value):

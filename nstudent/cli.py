@@ -639,6 +639,52 @@ def main_of(main):
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
+# What picks the labeled subset a teacher trained on (model_info.json's "held_out")
+TEACHER_SUBSET = ("dataset", "labels_per_class", "seed", "validation_fraction")
+
+
+def _same_setting(name, a, b):
+    if name == "validation_fraction":
+        return abs(float(a) - float(b)) < 1e-9
+    if name == "dataset" and str(a).startswith("folder:") and str(b).startswith("folder:"):
+        return os.path.abspath(a[7:]) == os.path.abspath(b[7:])
+    return a == b
+
+
+def adopt_teacher_settings(teacher):
+    """A stage that uses a teacher takes what defines it from its run folder's
+    model_info.json: its channels and, where recorded, the labeled subset it trained
+    on. A flag set (on the command line or in a flagfile) to another value is refused
+    by name before any work; an unset one takes the teacher's. Returns what was taken."""
+    path = os.path.join(teacher, "model_info.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        info = json.load(f)
+    wanted = {"channels": (info.get("model") or {}).get("channels")}
+    held = info.get("held_out") or {}
+    wanted.update({name: held[name] for name in TEACHER_SUBSET if name in held})
+    adopted = {}
+    for name, value in wanted.items():
+        if value is None or name not in FLAGS or _same_setting(name, FLAGS[name].value,
+                                                               value):
+            continue
+        if FLAGS[name].present:
+            why = ("it takes images of that many channels" if name == "channels" else
+                   "they pick the labeled subset it trained on, so the unlabeled pool "
+                   "would hold some of its training images (or miss some others)")
+            raise InputError(
+                f"--{name}={FLAGS[name].value} disagrees with the teacher {teacher!r}, "
+                f"trained with {name}={value} ({path}): {why}. Pass the teacher's value, "
+                "or leave the flag out to take it from the teacher.")
+        FLAGS[name].value = value
+        adopted[name] = value
+    if adopted:
+        logging.info("From the teacher's run: %s.", ", ".join(
+            f"--{k}={v}" for k, v in adopted.items()))
+    return adopted
+
+
 def writer_role():
     """What tells apart the processes that write one --out by design: a distributed
     run's task (TF_CONFIG, or Keras' JAX process id) and a labeling job's shard."""

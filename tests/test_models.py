@@ -178,3 +178,22 @@ def test_plain_cnn_parameters_maps_and_blocks_by_hand():
     assert block_names(model) == ["block1a", "block1b", "block2a", "block2b", "block3a",
                                   "block3b"]
     assert build_efficientnet(config.replace(width_scale=0.5)).count_params() < by_hand
+
+
+def test_plain_cnn_folds_for_pseudo_labeling():
+    """The labeler's inference copy (batch norm folded into the convolutions) computes
+    the plain CNN's inference-mode outputs too."""
+    from nstudent.models import inference_network
+
+    model = build_efficientnet(ModelConfig("cnn", 10, channels=1, image_size=16,
+                                           width_scale=0.25))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # statistics away from the initial 0 and 1
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(size=n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, n).astype("float32"))
+    x = rng.uniform(0, 255, (4, 16, 16, 1)).astype("float32")
+    folded = inference_network(model)
+    np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x, training=False)),
+                               atol=2e-4, rtol=1e-3)

@@ -88,3 +88,35 @@ print(cli.run_stage(fails(sys.argv[2] == "keep"), validate=False))
                                 capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert result.stdout.strip() == "2" and "error: no good" in result.stderr
         assert out.exists() == kept and not os.path.exists(str(out) + ".lock")
+
+
+def test_pseudo_labeling_refuses_flags_that_disagree_with_its_teacher(tmp_path, toy_folder):
+    """What defines the teacher comes from its run: --channels=3 for a grey teacher and
+    another labeled subset (--labels_per_class) are refused by name before any work;
+    left out, they are taken from the teacher (the log says so)."""
+    from conftest import TINY, TOY_CLASSES
+    from nstudent import data, export, models
+
+    config = models.ModelConfig(**TINY)
+    teacher = str(tmp_path / "teacher")
+    export.write_run(teacher, models.build_efficientnet(config), config,
+                     data.DatasetInfo("toy", 4, 1, TOY_CLASSES), {},
+                     held_out={"dataset": f"folder:{toy_folder}", "labels_per_class": 8,
+                               "seed": 0, "validation_fraction": 0.25, "examples": 8})
+    base = [sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"),
+            f"--dataset=folder:{toy_folder}", f"--teacher={teacher}", "--min_confidence=0",
+            "--validation_fraction=0.25"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    for bad, named in ((["--channels=3", "--labels_per_class=8"], "--channels=3"),
+                       (["--channels=1", "--labels_per_class=4"], "--labels_per_class=4")):
+        out = tmp_path / named.strip("-").replace("=", "")
+        result = subprocess.run([*base, *bad, f"--out={out}"], capture_output=True,
+                                text=True, timeout=300, env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"error: {named} disagrees with the teacher" in result.stderr
+        assert not out.exists()
+    # left out, taken from the teacher (--phase=select on nothing labeled: no labeling)
+    result = subprocess.run([*base, "--phase=select", f"--out={tmp_path / 'adopted'}"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert "From the teacher's run: --channels=1, --labels_per_class=8." in result.stderr
+    assert "disagrees" not in result.stderr

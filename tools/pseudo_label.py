@@ -13,7 +13,9 @@ count) and <out>/stats.json are written. With --phase=all and one shard index,
 selection runs when that shard was the last one missing.
 
 The unlabeled images are --unlabeled_dataset, or else the --train_split examples
-outside the labeled subset (--labels_per_class, --seed: use the teacher's values).
+outside the labeled subset. What defines the teacher (--channels, and the labeled
+subset: --dataset, --labels_per_class, --seed, --validation_fraction) comes from its
+run folder: a flag set to another value is refused, an unset one takes the teacher's.
 """
 
 import os
@@ -46,6 +48,7 @@ def check_flags():
                          f"{FLAGS.num_shards}) (or -1: every shard).")
     if not os.path.exists(FLAGS.teacher):
         raise MissingInput(f"--teacher: no model at {FLAGS.teacher!r}.")
+    cli.adopt_teacher_settings(FLAGS.teacher)
 
 
 def main(argv):
