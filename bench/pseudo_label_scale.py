@@ -38,7 +38,7 @@ flags.DEFINE_integer("stream_images", 65536, "Images per labeling-path inference
 flags.DEFINE_string("work_dir", "", "Where the data and outputs go (default: a temp dir).")
 FLAGS = flags.FLAGS
 MAIN_MODEL = dict(variant="b0", width_scale=0.5, depth_scale=0.5, image_size=32,
-                  stem_stride=2, channels=1, num_classes=10)
+                  stem_stride=2, stage_strides="imagenet", channels=1, num_classes=10)
 
 
 def _print(**figure):

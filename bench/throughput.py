@@ -44,7 +44,7 @@ flags.DEFINE_float("depth_scale", 1.0, "Depth multiplier.")
 flags.DEFINE_integer("image_size", 224, "Resolution.")
 flags.DEFINE_integer("stem_stride", 2, "Stem stride.")
 flags.DEFINE_enum("stage_strides", "auto", ["auto", "imagenet", "small"],
-                  "Stride plan of the stages (models.STAGE_STRIDES); auto: small up to 64 px.")
+                  "Stride plan of the stages (models.STAGE_STRIDES); auto: small at 24-64 px.")
 flags.DEFINE_integer("channels", 3, "Image channels.")
 flags.DEFINE_integer("num_classes", 1000, "Classes.")
 flags.DEFINE_integer("batch_size", 256, "Labeled batch size.")

@@ -80,7 +80,8 @@ def define_model_flags():
                       "Stride plan of the seven stages: imagenet (total stride 32 with "
                       "the stem's 2: a 1x1 map at the head at 32 px), small (the "
                       "reference's small-image plan, stages 2 and 3 at stride 1: total "
-                      "stride 8, a 4x4 map at 28-32 px), auto: small up to "
+                      "stride 8, a 4x4 map at 28-32 px), auto: small from "
+                      f"{models.efficientnet.SMALL_IMAGE_MIN} to "
                       f"{models.efficientnet.SMALL_IMAGE_MAX} px. The training log "
                       "prints each stage's map size.")
     flags.DEFINE_integer("image_size", 0, "Training resolution; 0: the variant's.")

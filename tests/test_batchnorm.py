@@ -43,7 +43,7 @@ def test_short_teacher_scores_in_inference_mode_as_in_training_mode(tmp_path):
     info, splits = data.load("fashion_mnist")
     stage_data = data.StageData(info, splits["train"], splits["test"], labels_per_class=400)
     config = models.ModelConfig(num_classes=10, channels=1, image_size=32, width_scale=0.5,
-                                depth_scale=0.25)
+                                depth_scale=0.25, stage_strides="imagenet")  # the issue's
     input_config = data.InputConfig(image_size=32, batch_size=128, randaugment_magnitude=2,
                                     crop_padding=2)
     keras.utils.set_random_seed(0)

@@ -131,13 +131,15 @@ def test_feature_map_sizes_follow_the_stride_plan(plan, size):
 
 
 def test_auto_stride_plan_is_small_for_small_images_and_kept_when_saved():
-    """auto: the small-image plan up to 64 px, ImageNet's above; the resolved plan is
+    """auto: the small-image plan from 24 to 64 px, ImageNet's outside; the resolved plan is
     what a saved config holds (fine-tuning at 224 keeps a 32 px model's network), and
     a config saved before the plans existed rebuilds ImageNet's."""
     small = ModelConfig("b0", 10, image_size=32)
     assert small.stage_strides == "small"
     assert ModelConfig("b0", 10, image_size=64).stage_strides == "small"
     assert ModelConfig("b0", 10, image_size=65).stage_strides == "imagenet"
+    assert ModelConfig("b0", 10, image_size=24).stage_strides == "small"
+    assert ModelConfig("b0", 10, image_size=16).stage_strides == "imagenet"
     assert ModelConfig("b0", 10).stage_strides == "imagenet"  # the variant's 224 px
     assert small.replace(image_size=224).stage_strides == "small"
     assert ModelConfig.from_dict(small.to_dict()) == small

@@ -8,8 +8,9 @@ is logits (softmax lives in the loss and in the serving signature).
 Two stride plans (`STAGE_STRIDES`): ImageNet's (total stride 32: a 7x7 map at the
 head at 224 px, but 1x1 at 32 px) and the reference's small-image plan for 32 px
 inputs (google-research/noisystudent, CIFAR/SVHN: stages 2 and 3 at stride 1, total
-stride 8, a 4x4 map at the head at 28-32 px). "auto" picks the small plan up to
-SMALL_IMAGE_MAX px.
+stride 8, a 4x4 map at the head at 28-32 px). "auto" picks the small plan from
+SMALL_IMAGE_MIN to SMALL_IMAGE_MAX px, the sizes of the datasets it was made for
+(below, at 16 px, either plan ends at 1-2 px and ImageNet's costs less).
 """
 
 import dataclasses
@@ -50,7 +51,7 @@ STAGE_STRIDES = {
     "imagenet": tuple(stage.strides for stage in B0_STAGES),  # 1,2,2,2,1,2,1
     "small": (1, 1, 1, 2, 1, 2, 1),  # the reference's small_image_model
 }
-SMALL_IMAGE_MAX = 64  # "auto": the small plan at this resolution and below
+SMALL_IMAGE_MIN, SMALL_IMAGE_MAX = 24, 64  # "auto": the small plan in this range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,8 @@ class ModelConfig:
     depth_scale: float = 1.0  # multiplies the variant's depth coefficient
     stem_stride: int = 2  # 1 keeps detail on 28-32 px images
     # "auto" (resolved when the config is made, so a saved config rebuilds the same
-    # network at any resolution): "small" up to SMALL_IMAGE_MAX px, else "imagenet"
+    # network at any resolution): "small" from SMALL_IMAGE_MIN to SMALL_IMAGE_MAX px,
+    # else "imagenet"
     stage_strides: str = "auto"
     dropout: float = -1.0  # <0: the variant's rate
     stochastic_depth: float = 0.2  # drop rate of the last block
@@ -119,7 +121,8 @@ class ModelConfig:
             raise InputError(f"num_classes must be >= 2, got {self.num_classes}.")
         if self.stage_strides == "auto":
             object.__setattr__(self, "stage_strides", "small" if (
-                self.resolved_image_size <= SMALL_IMAGE_MAX) else "imagenet")
+                SMALL_IMAGE_MIN <= self.resolved_image_size <= SMALL_IMAGE_MAX)
+                else "imagenet")
         if self.stage_strides not in STAGE_STRIDES:
             raise InputError(f"stage_strides must be auto or one of "
                              f"{', '.join(STAGE_STRIDES)}, got {self.stage_strides!r}.")
