@@ -69,7 +69,7 @@ def test_two_workers_on_one_machine_leave_one_export(tmp_path):
         assert w.returncode == 0, err[-3000:]
     exports = [root for root, _, files in os.walk(tmp_path) if "metrics.json" in files]
     assert exports == [str(out)]
-    assert sorted(os.listdir(out)) == ["confusion.png", "logs", "metrics.json",
+    assert sorted(os.listdir(out)) == ["confusion.png", "curves.png", "logs", "metrics.json",
                                        "model.keras", "model_info.json", "reliability.png",
                                        "saved_model"]
     metrics = json.load(open(out / "metrics.json"))
