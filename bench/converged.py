@@ -19,6 +19,7 @@ commit so that edits in the main tree do not change a running grid.
 import dataclasses
 import datetime
 import json
+import math
 import os
 import subprocess
 
@@ -118,6 +119,10 @@ ROWS = (
         extra=("--randaugment_impl=reference", "--randaugment_magnitude=5", "--cutout=16")),
     Row("teacher_label_smoothing", "pilot: teacher, label smoothing 0.1 (the "
         "reference's)", "supervised", seeds=(0,), extra=("--label_smoothing=0.1",)),
+    # the reference averages the weights (0.9999 over 109k steps); 0.999 spans about
+    # 1,000 of the teacher's 2,800 steps
+    Row("teacher_ema", "pilot: teacher, weight EMA 0.999", "supervised", seeds=(0,),
+        extra=("--ema_decay=0.999",)),
     # pilots: the budget doubled, one seed (a family counts as converged when doubling
     # raises validation top-1 by under 0.3 points)
     Row("plain_cnn_x2", "pilot: plain CNN, budget x2", "supervised", seeds=(0,),
@@ -143,7 +148,8 @@ COMPARISONS = (
 PILOTS = (("plain_cnn_x2", "plain_cnn", "doubling"), ("teacher_x2", "teacher", "doubling"),
           ("control_x2", "control", "doubling"), ("student_x2", "student", "doubling"),
           ("teacher_reference_noise", "teacher", "noise"),
-          ("teacher_label_smoothing", "teacher", "label smoothing"))
+          ("teacher_label_smoothing", "teacher", "label smoothing"),
+          ("teacher_ema", "teacher", "weight EMA"))
 
 
 def budget_flag(row):
@@ -258,6 +264,13 @@ def run_grid():
         append_line(FLAGS.results, result_line(row, seed, grid.model(row, seed)))
 
 
+def validation_noise(rs):
+    """The binomial standard error of a difference of two validation top-1 values on
+    the same number of images: sqrt(2 p (1 - p) / n)."""
+    p = float(np.mean([r["validation_top1"] for r in rs]))
+    return math.sqrt(2 * p * (1 - p) / rs[0]["validation_examples"])
+
+
 def _points(x):
     return f"{100 * x:+.2f}"
 
@@ -291,16 +304,23 @@ def render(results):
         test = paired_t_test(current, pilot, base, "validation_top1")
         if not test["seeds"]:
             continue
+        noise = validation_noise([r for r in current if r["row"] == base])
         if asks == "doubling":
             verdict = ("converged" if test["mean"] < 0.003 else "not converged") + \
                 " (doubling must add under 0.3)"
+        elif abs(test["mean"]) <= 2 * noise:
+            verdict = f"no measurable difference from the reference's {asks}"
         else:
             verdict = f"the reference's {asks} " + ("helps" if test["mean"] > 0 else
-                                                    "does not help")
+                                                    "hurts")
         pilots.append(f"- {pilot} - {base}: validation top-1 {_points(test['mean'])} "
-                      f"points over {test['seeds']} seed(s): {verdict}.")
+                      f"points over {test['seeds']} seed(s), chance alone "
+                      f"±{100 * noise:.2f}: {verdict}.")
     if pilots:
-        lines += ["", "Pilots (validation top-1, never test):", *pilots]
+        lines += ["", "Pilots (validation top-1, never test; chance alone: the binomial "
+                  "standard error of a difference on the same validation images, sqrt(2 "
+                  "p (1 - p) / n); a noise, smoothing or EMA pilot counts only beyond "
+                  "twice it):", *pilots]
     lines += ["", "| paired difference (points of test top-1) | seeds | mean ± std | t | "
               "p (two-sided) | finding (p < 0.05) |", "|---|---|---|---|---|---|"]
     for a, b in COMPARISONS:

@@ -8,7 +8,8 @@ sides vary between --min_side and --max_side, some grey. Then, in a fresh proces
 that imports nstudent from --repo, measures: seconds from opening the dataset to
 the first training batch (a labeled teacher's input pipeline with RandAugment),
 images/s of the decoding pipeline (decode, resize, batch) over --decode_images
-images, and the process's peak RSS. Prints one JSON line.
+images, the seconds the header check before work takes over as many files as it
+checks (data/sources.py HEADER_CHECK_MAX_FILES), and the process's peak RSS. Prints one JSON line.
 """
 
 import concurrent.futures
@@ -103,6 +104,15 @@ def measure():
     next(iter(batches))
     first_batch = time.perf_counter() - start
 
+    header_check = {}
+    from nstudent.data import sources
+    if hasattr(sources, "check_headers"):  # the check before work of small folders
+        paths = list(split.paths[:sources.HEADER_CHECK_MAX_FILES])
+        begin = time.perf_counter()
+        sources.check_headers(paths, FLAGS.folder)
+        header_check = {"header_check_files": len(paths),
+                        "header_check_seconds": round(time.perf_counter() - begin, 2)}
+
     n = min(FLAGS.decode_images, len(split))
     stream = split.dataset(list(range(n))).map(
         lambda x, y: data.resize(x, FLAGS.image_size),
@@ -115,7 +125,7 @@ def measure():
         "figure": "folder_source", "images": len(split), "seconds_to_open": round(opened, 2),
         "seconds_to_first_batch": round(first_batch, 2),
         "decode_images_per_second": round(seen / decode_seconds, 1),
-        "decoded": seen, "peak_rss_mib": round(
+        "decoded": seen, **header_check, "peak_rss_mib": round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "repo": FLAGS.repo, **machine()}))
 

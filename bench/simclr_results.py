@@ -55,7 +55,8 @@ def encoder_knn(pretrain_dir, per_class):
     import keras
 
     from nstudent import data, models
-    from nstudent.pretraining import HeadConfig, build_pretrain_network, knn_accuracy
+    from nstudent.models import HeadConfig, build_pretrain_network
+    from nstudent.pretraining import knn_accuracy
     from nstudent.pretraining.stage import embed
 
     info, splits = data.load("fashion_mnist", ("train", "test"))

@@ -252,7 +252,8 @@ def main(argv):
                jit_compile=bool(model.jit_compile))
     if "pretrain_train" in only:
         from nstudent.augment import ContrastiveViews
-        from nstudent.pretraining import ContrastiveLearner, HeadConfig, build_pretrain_network
+        from nstudent.models import HeadConfig, build_pretrain_network
+        from nstudent.pretraining import ContrastiveLearner
 
         pretrain_config = TrainConfig(epochs=FLAGS.epochs, optimizer="lars",
                                       learning_rate=1.0, weight_decay=1e-4,

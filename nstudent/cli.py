@@ -373,7 +373,8 @@ def pretrain_train_config():
 
 
 def contrastive_config(image_size):
-    from nstudent.pretraining import ContrastiveConfig, HeadConfig
+    from nstudent.models import HeadConfig
+    from nstudent.pretraining import ContrastiveConfig
 
     blur = image_size >= 96 if FLAGS.blur == "auto" else FLAGS.blur == "true"
     return ContrastiveConfig(
@@ -574,7 +575,7 @@ def validate_flags(trains=True, multilabel=False):
             raise InputError(f"--ft_proj_selector must not be negative, got "
                              f"{FLAGS.ft_proj_selector}.")
         if FLAGS.init_from_pretrained:
-            from nstudent.pretraining import check_pretrained
+            from nstudent.training.from_pretrained import check_pretrained
 
             check_pretrained(FLAGS.init_from_pretrained, FLAGS.ft_proj_selector)
     if "distill_temperature" in FLAGS:
@@ -665,6 +666,34 @@ def adopt_teacher_settings(teacher):
     wanted = {"channels": (info.get("model") or {}).get("channels")}
     held = info.get("held_out") or {}
     wanted.update({name: held[name] for name in TEACHER_SUBSET if name in held})
+    return _adopt(wanted, f"the teacher {teacher!r}, trained with", path,
+                  "the teacher's run", "they pick the labeled subset it trained on, so "
+                  "the unlabeled pool would hold some of its training images (or miss "
+                  "some others)")
+
+
+def adopt_pseudo_label_settings(directory):
+    """The student takes its labeled subset and channels from the pseudo-label folder
+    (stats.json), as labeling took them from the teacher: a student on another subset
+    would train on images its teacher labeled, or miss labeled ones."""
+    path = os.path.join(directory, "stats.json")
+    if not os.path.isfile(path):
+        return {}  # load_pseudo_labels names what is missing
+    with open(path) as f:
+        stats = json.load(f)
+    settings = stats.get("settings") or {}
+    wanted = {"channels": stats.get("channels")}
+    wanted.update({name: settings[name] for name in TEACHER_SUBSET if name in settings})
+    held = settings.get("held_out") or {}
+    if "validation_fraction" in held:
+        wanted["validation_fraction"] = held["validation_fraction"]
+    return _adopt(wanted, f"the pseudo-labels {directory!r}, made with", path,
+                  "the pseudo-labels' teacher", "they pick the labeled subset, so the "
+                  "student would train on labeled images its teacher also pseudo-labeled "
+                  "(or miss some)")
+
+
+def _adopt(wanted, source, path, short, subset_why):
     adopted = {}
     for name, value in wanted.items():
         if value is None or name not in FLAGS or _same_setting(name, FLAGS[name].value,
@@ -672,17 +701,15 @@ def adopt_teacher_settings(teacher):
             continue
         if FLAGS[name].present:
             why = ("it takes images of that many channels" if name == "channels" else
-                   "they pick the labeled subset it trained on, so the unlabeled pool "
-                   "would hold some of its training images (or miss some others)")
+                   subset_why)
             raise InputError(
-                f"--{name}={FLAGS[name].value} disagrees with the teacher {teacher!r}, "
-                f"trained with {name}={value} ({path}): {why}. Pass the teacher's value, "
-                "or leave the flag out to take it from the teacher.")
+                f"--{name}={FLAGS[name].value} disagrees with {source} {name}={value} "
+                f"({path}): {why}. Pass that value, or leave the flag out to take it "
+                "from there.")
         FLAGS[name].value = value
         adopted[name] = value
     if adopted:
-        logging.info("From the teacher's run: %s.", ", ".join(
-            f"--{k}={v}" for k, v in adopted.items()))
+        logging.info("From %s: %s.", short, ", ".join(f"--{k}={v}" for k, v in adopted.items()))
     return adopted
 
 

@@ -55,11 +55,19 @@ def test_image_folder_reads_classes_and_images(tmp_path):
     assert len(images) == 4 and images[0].shape == (12, 12, 3)
 
 
-def test_corrupt_image_is_named_while_streaming_or_skipped_and_recorded(tmp_path):
+def test_corrupt_image_is_named_while_streaming_or_skipped_and_recorded(tmp_path,
+                                                                        monkeypatch):
     write_image_folder(tmp_path, "train")
     write_image_folder(tmp_path, "test")
     bad = tmp_path / "train" / "dog" / "broken.png"
     bad.write_bytes(b"not a png at all")
+    # a small folder: every header checked before any work, the file named
+    with pytest.raises(DataError, match="broken.png is not a readable image .*1 such"):
+        data.load(f"folder:{tmp_path}")
+    # a large one (here: any) is checked while streaming
+    from nstudent.data import sources
+
+    monkeypatch.setattr(sources, "HEADER_CHECK_MAX_FILES", 0)
     info, splits = data.load(f"folder:{tmp_path}")  # indexed, nothing decoded yet
     assert len(splits["train"]) == 7
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
@@ -73,6 +81,25 @@ def test_corrupt_image_is_named_while_streaming_or_skipped_and_recorded(tmp_path
         data.load(f"folder:{tmp_path}", verify=True)
     info, splits = data.load(f"folder:{tmp_path}", verify=True, skip_corrupt=True)
     assert len(splits["train"]) == 6
+
+
+def test_header_check_before_work_tells_whole_files_from_broken_ones(tmp_path):
+    """The up-front check in plain Python against what each file really is, and the
+    same verdict as the check tf.data runs while streaming."""
+    from nstudent.data.decode import file_looks_complete, looks_complete
+
+    cases = {}
+    for fmt, ext in (("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("BMP", "bmp")):
+        whole = _photo("RGB", fmt=fmt)
+        cases[f"whole.{ext}"] = (whole, True)
+        cases[f"cut.{ext}"] = (whole[:len(whole) * 2 // 3], False)
+    cases["empty.jpg"] = (b"", False)
+    cases["page.jpg"] = (b"<html><body>404</body></html>", False)
+    for name, (contents, whole) in cases.items():
+        (tmp_path / name).write_bytes(contents)
+        path = str(tmp_path / name)
+        assert file_looks_complete(path) is whole, name
+        assert bool(looks_complete(tf.io.read_file(path))) is whole, name
 
 
 def _photo(mode, size=(30, 20), fmt="JPEG"):
@@ -102,8 +129,12 @@ def test_every_colour_mode_is_converted_like_keras_folder_loader(tmp_path, chann
         np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
 
 
-def test_selection_never_decodes_unselected_images(tmp_path):
-    """Choosing a subset decodes only it: the other files here are not images at all."""
+def test_selection_never_decodes_unselected_images(tmp_path, monkeypatch):
+    """Choosing a subset decodes only it: the other files here are not images at all
+    (a folder too large for the header check before work, as a huge one is)."""
+    from nstudent.data import sources
+
+    monkeypatch.setattr(sources, "HEADER_CHECK_MAX_FILES", 0)
     write_image_folder(tmp_path, "train", per_class=2)
     write_image_folder(tmp_path, "test", per_class=1)
     for name in ("cat", "dog"):

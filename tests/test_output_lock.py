@@ -120,3 +120,44 @@ def test_pseudo_labeling_refuses_flags_that_disagree_with_its_teacher(tmp_path, 
                             capture_output=True, text=True, timeout=600, env=env)
     assert "From the teacher's run: --channels=1, --labels_per_class=8." in result.stderr
     assert "disagrees" not in result.stderr
+
+
+def test_student_and_finetuning_refuse_flags_that_disagree_with_their_teacher(tmp_path,
+                                                                              toy_folder):
+    """The student reads its teacher's labeled subset and channels from the pseudo-label
+    folder, fine-tuning from the run it tunes: a disagreeing flag is refused by name,
+    exit 2, before any work or folder."""
+    from conftest import TINY, TOY_CLASSES
+    from nstudent import data, export, models
+
+    pseudo = tmp_path / "pl"
+    pseudo.mkdir()
+    (pseudo / "stats.json").write_text(json.dumps({
+        "channels": 1, "settings": {"dataset": f"folder:{toy_folder}",
+                                    "labels_per_class": 8, "seed": 0}}))
+    config = models.ModelConfig(**TINY)
+    run = str(tmp_path / "gen1")
+    export.write_run(run, models.build_efficientnet(config), config,
+                     data.DatasetInfo("toy", 4, 1, TOY_CLASSES), {},
+                     held_out={"dataset": f"folder:{toy_folder}", "labels_per_class": 8,
+                               "seed": 0, "validation_fraction": 0.25, "examples": 8})
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    cases = (
+        ("train.py", [f"--pseudo_labels={pseudo}", "--channels=3",
+                      f"--out={tmp_path / 'student'}"],
+         "--channels=3 disagrees with the pseudo-labels", tmp_path / "student"),
+        ("train.py", [f"--pseudo_labels={pseudo}", "--channels=1", "--seed=3",
+                      f"--out={tmp_path / 'student'}"],
+         "--seed=3 disagrees with the pseudo-labels", tmp_path / "student"),
+        ("finetune.py", [f"--run={run}", "--finetune_resolution=24", "--channels=1",
+                         "--labels_per_class=4"],
+         "--labels_per_class=4 disagrees with the teacher", tmp_path / "gen1"
+         / "finetuned_24"))
+    for tool, flags, message, out in cases:
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tools", tool),
+             f"--dataset=folder:{toy_folder}", *flags],
+            capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert f"error: {message}" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and not out.exists()

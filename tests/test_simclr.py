@@ -119,7 +119,7 @@ def test_colour_jitter_factors_stay_non_negative_above_strength_1_25():
 
 def test_projection_head_has_the_specified_layers(tiny_config):
     from nstudent.models import feature_width
-    from nstudent.pretraining import HeadConfig, build_pretrain_network
+    from nstudent.models import HeadConfig, build_pretrain_network
 
     network = build_pretrain_network(tiny_config, HeadConfig(layers=3, dim=16))
     width = feature_width(tiny_config)
@@ -145,7 +145,7 @@ def pretrain_run(tmp_path_factory):
     """A pretraining run folder as tools/pretrain.py leaves it (without the
     SavedModel): random weights, so copies are recognisable."""
     from nstudent import export, models
-    from nstudent.pretraining import HeadConfig, build_pretrain_network
+    from nstudent.models import HeadConfig, build_pretrain_network
 
     path = tmp_path_factory.mktemp("pretrain")
     config = models.ModelConfig(**TINY)
@@ -163,7 +163,7 @@ def pretrain_run(tmp_path_factory):
 @pytest.mark.parametrize("selector", [0, 1, 3])
 def test_finetuning_from_selector_k_keeps_exactly_those_weights(pretrain_run, selector):
     from nstudent import models
-    from nstudent.pretraining import apply_pretrained, finetune_config, pretrained_weights
+    from nstudent.training import apply_pretrained, finetune_config, pretrained_weights
 
     path, pretrained = pretrain_run
     config = finetune_config(path, models.ModelConfig(**dict(TINY, num_classes=7)), selector)
@@ -192,7 +192,7 @@ def test_finetuning_from_selector_k_keeps_exactly_those_weights(pretrain_run, se
 
 def test_finetuning_bad_input_names_the_problem(pretrain_run, tmp_path):
     from nstudent import models
-    from nstudent.pretraining import finetune_config
+    from nstudent.training import finetune_config
 
     path, _ = pretrain_run
     config = models.ModelConfig(**TINY)

@@ -33,6 +33,7 @@ def main(argv):
         if export.is_finished(out) and not FLAGS.overwrite:
             logging.info("%s is already finished; pass --overwrite to redo it.", out)
             return
+        cli.adopt_teacher_settings(FLAGS.run)  # the labeled subset it trained on
         cli.setup_runtime()
         finetune(FLAGS.run, out, cli.load_stage_data(), FLAGS.finetune_resolution,
                  cli.input_config(FLAGS.finetune_resolution), cli.finetune_train_config(),

@@ -36,6 +36,8 @@ def main(argv):
         return 0
 
     def stage():
+        if FLAGS.pseudo_labels:  # the labeled subset and channels its teacher had
+            cli.adopt_pseudo_label_settings(FLAGS.pseudo_labels)
         cli.setup_runtime()
         stage_data = cli.load_stage_data(unlabeled=True)
         model_config = cli.model_config(stage_data.info)

@@ -12,6 +12,7 @@ empty files, HTML pages saved as .jpg. A file that fails it is either skipped
 and recorded (`CorruptLog`), or stops the stage with an error that names it.
 """
 
+import os
 import threading
 
 import numpy as np
@@ -69,6 +70,25 @@ def looks_complete(contents):
         (starts(b"GIF8"), lambda: _contains(tail, b";")),
         (starts(b"BM"), lambda: size_field <= length),
     ], default=lambda: tf.constant(False))
+
+
+def file_looks_complete(path):
+    """`looks_complete` on a file, in plain Python: reads only its first 8 and last TAIL
+    bytes, so a folder of thousands is checked in seconds before any work."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(max(size - TAIL, 0))
+        tail = f.read(TAIL)
+    if head.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" in tail
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"IEND" in tail
+    if head.startswith(b"GIF8"):
+        return b";" in tail
+    if head.startswith(b"BM"):
+        return int.from_bytes(head[2:6].ljust(4, b"\0"), "little") <= size
+    return False
 
 
 class CorruptLog:

@@ -12,7 +12,7 @@ from nstudent.augment.contrastive import ContrastiveViews
 from nstudent.errors import InputError
 from nstudent.pretraining.knn import knn_accuracy
 from nstudent.pretraining.learner import ContrastiveLearner
-from nstudent.pretraining.network import HeadConfig, build_pretrain_network
+from nstudent.models.projection_head import HeadConfig, build_pretrain_network
 from nstudent.training.distribute import current
 from nstudent.training.optim import optimizer_for
 from nstudent.training.runs import StageRun

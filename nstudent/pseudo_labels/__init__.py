@@ -1,11 +1,12 @@
 """Pseudo-labels: a clean teacher labels shards (labeler), one global balance selects
-(selection, writer), and the set is written as shuffled TFRecord shards (shards)."""
+(selection, writer), and the set is written as shuffled TFRecord shards (shards);
+stage.py runs the whole stage."""
 
 from nstudent import lazy
 
 _HOMES = {
     "LabelConfig": "labeler", "label_shard": "labeler", "label_shards": "labeler",
-    "teacher_settings": "labeler", "pseudo_label": "labeler",
+    "teacher_settings": "labeler", "pseudo_label": "stage",
     "Selection": "selection", "balance": "selection", "filter_and_balance": "selection",
     "soften": "selection", "precision_cutoffs": "cutoffs", "ClassCutoff": "cutoffs",
     "PseudoLabels": "shards", "load_pseudo_labels": "shards", "read_records": "shards",

@@ -13,6 +13,9 @@ _HOMES = {
     "DISTRIBUTIONS": "distribute", "check_distribution": "distribute",
     "configure_distribution": "distribute", "parse_tf_config": "distribute",
     "StageRun": "runs",
+    "finetune_config": "from_pretrained", "apply_pretrained": "from_pretrained",
+    "pretrained_weights": "from_pretrained",
+    "read_pretrain_run": "from_pretrained", "check_pretrained": "from_pretrained",
 }
 __all__ = sorted(_HOMES)
 __getattr__ = lazy.exports(__name__, _HOMES)

@@ -4,6 +4,8 @@ from absl import logging
 
 from nstudent import data, models
 from nstudent.errors import InputError
+from nstudent.training.from_pretrained import (apply_pretrained, finetune_config,
+                                               pretrained_weights)
 from nstudent.training.runs import StageRun, images_only
 from nstudent.training.steps import with_device_noise
 from nstudent.training.supervised import compile_for_training
@@ -15,8 +17,6 @@ def train_teacher(out_dir, stage_data, model_config, input_config, train_config,
     `init_from_pretrained` (a pretraining run) the network keeps its encoder and
     first `ft_proj_selector` head layers (SimCLRv2's fine-tuning)."""
     if init_from_pretrained:
-        from nstudent.pretraining import apply_pretrained, finetune_config, pretrained_weights
-
         if init_weights:
             raise InputError("Pass --init_weights or --init_from_pretrained, not both.")
         model_config = finetune_config(init_from_pretrained, model_config, ft_proj_selector)

@@ -12,7 +12,7 @@ from nstudent import models
 from nstudent.data import DataError
 from nstudent.errors import InputError
 from nstudent.export import MODEL_INFO, PRETRAIN, is_finished, read_json
-from nstudent.pretraining.network import HeadConfig
+from nstudent.models.projection_head import HeadConfig
 
 ARCHITECTURE = ("variant", "width_scale", "depth_scale", "stem_stride", "stage_strides",
                 "channels")

@@ -11,7 +11,7 @@ import dataclasses
 
 import keras
 
-from nstudent import models
+from nstudent.models.efficientnet import build_encoder, feature_width, head_layer
 from nstudent.errors import InputError
 
 
@@ -28,17 +28,17 @@ class HeadConfig:
 
     def units(self, model_config):
         """Widths of the head's layers: the encoder's width, the last `dim`."""
-        width = models.feature_width(model_config)
+        width = feature_width(model_config)
         return (width,) * (self.layers - 1) + (self.dim,)
 
 
 def build_pretrain_network(model_config, head):
     """Encoder + projection head (Dense + BN + ReLU at the encoder's width; the last
     Dense to `head.dim` + BN, no ReLU)."""
-    inputs, features = models.build_encoder(model_config)
+    inputs, features = build_encoder(model_config)
     x = features
     units = head.units(model_config)
     for index, width in enumerate(units, start=1):
-        x = models.head_layer(x, width, index, relu=index < len(units))
+        x = head_layer(x, width, index, relu=index < len(units))
     return keras.Model(inputs, {"embeddings": features, "projections": x},
                        name=f"simclr_efficientnet_{model_config.variant}")
