@@ -50,6 +50,9 @@ def define_data_flags():
     flags.DEFINE_string("tfds_data_dir", None, "TFDS data folder.")
     flags.DEFINE_bool("tfds_download", False, "Let TFDS download a dataset that is not "
                       "prepared locally (needs network).")
+    flags.DEFINE_bool("drop_empty_classes", False, "An image folder's class folders that "
+                      "hold no training image are left out of every split (recorded in "
+                      "model_info.json and metrics.json) instead of refused by name.")
     flags.DEFINE_bool("skip_corrupt_images", False, "Skip unreadable images in an image "
                       "folder (counted, the first named, in the log and metrics.json) "
                       "instead of stopping with an error that names the file.")
@@ -399,7 +402,8 @@ def load_dataset(split_names=None):
         channels=FLAGS.channels,
         num_classes=FLAGS.num_classes, tfds_data_dir=FLAGS.tfds_data_dir,
         tfds_download=FLAGS.tfds_download, skip_corrupt=FLAGS.skip_corrupt_images,
-        verify=FLAGS.verify_images, task=FLAGS.task, labels_file=FLAGS.labels_file)
+        verify=FLAGS.verify_images, task=FLAGS.task, labels_file=FLAGS.labels_file,
+        drop_empty_classes=FLAGS.drop_empty_classes)
 
 
 def load_stage_data(test=True, unlabeled=False):
@@ -642,7 +646,8 @@ def main_of(main):
 
 
 # What picks the labeled subset a teacher trained on (model_info.json's "held_out")
-TEACHER_SUBSET = ("dataset", "labels_per_class", "seed", "validation_fraction")
+TEACHER_SUBSET = ("dataset", "labels_per_class", "seed", "validation_fraction",
+                  "drop_empty_classes")
 
 
 def _same_setting(name, a, b):

@@ -349,3 +349,24 @@ def test_a_split_missing_a_class_and_an_empty_class_are_named(tmp_path):
     with pytest.raises(DataError, match=r"train: the class folder\(s\) \['eel'\] hold no "
                                         "images"):
         data.load(f"folder:{tmp_path}/b")
+
+
+def test_drop_empty_classes_leaves_the_class_out_of_every_split(tmp_path):
+    """--drop_empty_classes: a class folder without training images is left out of
+    train and test (its test images too) and the rest renumbered in name order; the
+    info records it. Without the flag the same folder is refused, naming the flag."""
+    write_image_folder(tmp_path, "train", classes=("ant", "cat", "dog"), per_class=2)
+    write_image_folder(tmp_path, "test", classes=("ant", "bee", "cat", "dog"), per_class=1)
+    (tmp_path / "train" / "bee").mkdir()  # no training image
+    with pytest.raises(DataError, match=r"\['bee'\] hold no images.*--drop_empty_classes"):
+        data.load(f"folder:{tmp_path}")
+    info, splits = data.load(f"folder:{tmp_path}", drop_empty_classes=True)
+    assert info.class_names == ("ant", "cat", "dog") and info.num_classes == 3
+    assert info.dropped_classes == ("bee",) and info.to_dict()["dropped_classes"] == ["bee"]
+    # by hand: ant 0, cat 1, dog 2 in both splits; bee's test image is not read
+    assert sorted(splits["train"].labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert sorted(splits["test"].labels.tolist()) == [0, 1, 2]
+    assert not any("/bee/" in p for p in splits["test"].paths)
+    with pytest.raises(DataError, match="--drop_empty_classes is for a single-label image "
+                                        "folder"):
+        data.load("fashion_mnist", drop_empty_classes=True)

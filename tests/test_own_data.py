@@ -90,3 +90,32 @@ def test_bad_own_data_input_gives_one_clear_error(photos, tmp_path, flag, messag
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_an_empty_class_folder_is_dropped_on_request_and_its_teacher_passes_it_on(tmp_path):
+    """--drop_empty_classes: the class without training photos leaves every split and
+    is recorded in metrics.json and model_info.json; pseudo-labeling with that teacher
+    takes the setting from it (so it opens the same classes) without the flag."""
+    root = tmp_path / "photos"
+    write_photo_folder(root, classes=("a", "b", "c"), per_class=6, unlabeled=4)
+    for photo in (root / "labeled" / "train" / "b").iterdir():
+        photo.unlink()
+    labeled = f"--dataset=folder:{root / 'labeled'}"
+    teacher = tmp_path / "teacher"
+    flags = [*FLAGS[:-3], "--epochs=1", "--batch_size=4"]
+    result = run_tool("train.py", labeled, *flags, f"--out={teacher}")
+    assert result.returncode == 2 and "['b'] hold no images" in result.stderr
+    result = run_tool("train.py", labeled, *flags, "--drop_empty_classes", f"--out={teacher}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((teacher / "metrics.json").read_text())
+    info = json.loads((teacher / "model_info.json").read_text())
+    assert metrics["data"]["dropped_empty_classes"] == ["b"]
+    assert info["dataset"]["class_names"] == ["a", "c"] and info["dataset"]["num_classes"] == 2
+    assert info["held_out"]["drop_empty_classes"] is True
+    result = run_tool("pseudo_label.py", labeled, *flags, f"--teacher={teacher}",
+                      f"--unlabeled_dataset=folder:{root / 'unlabeled'}",
+                      f"--out={tmp_path / 'labels'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--drop_empty_classes=True." in result.stderr
+    stats = json.loads((tmp_path / "labels" / "stats.json").read_text())
+    assert stats["settings"]["drop_empty_classes"] is True

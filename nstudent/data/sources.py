@@ -133,10 +133,12 @@ class DatasetInfo:
     class_names: tuple
     image_size: Optional[int] = None  # native side length where all images share one
     task: str = "multiclass"  # multilabel: labels are multi-hot rows [N, classes]
+    dropped_classes: tuple = ()  # class folders without training images (--drop_empty_classes)
 
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["class_names"] = list(self.class_names)
+        d["dropped_classes"] = list(self.dropped_classes)
         return d
 
 
@@ -370,11 +372,15 @@ def folder_split(name, paths, labels, channels, skip_corrupt=False, verify=False
                  to_bytes=tf.io.read_file, corrupt=log, paths=names)
 
 
-def image_folder(root, split_names, channels=3, skip_corrupt=False, verify=False):
-    """Indexes root/<split>/<class>/ (images in any subfolder of a class folder)."""
+def image_folder(root, split_names, channels=3, skip_corrupt=False, verify=False,
+                 drop_empty=False):
+    """Indexes root/<split>/<class>/ (images in any subfolder of a class folder). A class
+    folder with no image in the first split is refused, or with `drop_empty` left out of
+    every split (its images in the other splits too) and recorded in the info."""
     if not os.path.isdir(root):
         raise DataError(f"Image folder {root!r} does not exist.")
     class_names = None
+    dropped = ()
     splits = {}
     for split in split_names:
         split_dir = os.path.join(root, split)
@@ -394,28 +400,43 @@ def image_folder(root, split_names, channels=3, skip_corrupt=False, verify=False
                 f"{split_dir} has classes that {split_names[0]!r} does not: {unknown}."
                 if unknown else f"{split_dir} lacks the class folder(s) {missing} that "
                 f"{split_names[0]!r} has: every split needs the same classes.")
-        paths, labels, others, empty = [], [], [], []
-        for label, name in enumerate(class_names):
-            found, other = list_images(os.path.join(split_dir, name))
-            paths += found
-            labels += [label] * len(found)
-            others += other
-            if not found:
-                empty.append(name)
+        listed = {name: list_images(os.path.join(split_dir, name)) for name in class_names}
+        empty = [name for name in class_names if not listed[name][0]]
         if empty and split == split_names[0]:
             # a class with no training image would be a class the model never learns
-            raise DataError(f"{split_dir}: the class folder(s) {empty} hold no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the "
-                            "folder(s) from every split.")
+            if not drop_empty:
+                raise DataError(f"{split_dir}: the class folder(s) {empty} hold no images "
+                                f"({', '.join(IMAGE_EXTENSIONS)}); add images, remove the "
+                                "folder(s) from every split, or pass --drop_empty_classes.")
+            if len(class_names) - len(empty) < 2:
+                raise DataError(f"{split_dir}: only {len(class_names) - len(empty)} class "
+                                "folder(s) hold images; at least two are needed.")
+            dropped = tuple(empty)
+            logging.warning("--drop_empty_classes: %s hold(s) no images in %s; left out of "
+                            "every split.", list(dropped), split_dir)
+        paths, labels, others, left_out = [], [], [], 0
+        kept = [name for name in class_names if name not in dropped]
+        for name in class_names:
+            found, other = listed[name]
+            others += other
+            if name in dropped:
+                left_out += len(found)
+                continue
+            paths += found
+            labels += [kept.index(name)] * len(found)
+        if left_out:
+            logging.warning("%s: %d images of the dropped class(es) %s left out.",
+                            split_dir, left_out, list(dropped))
         _report_others(others, split_dir)
         if not paths:
             raise DataError(f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
         logging.info("%s: %d images in %d classes (decoded while streaming).", split_dir,
-                     len(paths), len(class_names))
+                     len(paths), len(class_names) - len(dropped))
         splits[split] = folder_split(split, paths, labels, channels, skip_corrupt, verify,
                                      split_dir)
-    info = DatasetInfo(os.path.basename(os.path.normpath(root)), len(class_names),
-                       channels, class_names)
+    kept = tuple(name for name in class_names if name not in dropped)
+    info = DatasetInfo(os.path.basename(os.path.normpath(root)), len(kept), channels, kept,
+                       dropped_classes=dropped)
     return info, splits
 
 
@@ -582,7 +603,7 @@ def tfrecords(directory, split_names, channels=3, num_classes=0, task="multiclas
 
 def load(spec, split_names=("train", "test"), *, channels=3, num_classes=0,
          tfds_data_dir=None, tfds_download=False, skip_corrupt=False, verify=False,
-         task="multiclass", labels_file=""):
+         task="multiclass", labels_file="", drop_empty_classes=False):
     """Opens a labeled dataset named by `spec`.
 
     fashion_mnist        the embedded default (Debian's files, else a prepared TFDS copy)
@@ -597,6 +618,10 @@ def load(spec, split_names=("train", "test"), *, channels=3, num_classes=0,
         raise DataError(f"--task must be one of {', '.join(TASKS)}, got {task!r}.")
     if labels_file and task != "multilabel":
         raise DataError("--labels_file is for --task=multilabel.")
+    if drop_empty_classes and (kind != "folder" or task != "multiclass"):
+        raise DataError("--drop_empty_classes is for a single-label image folder "
+                        f"(folder:PATH), not {spec!r} with --task={task}: other sources "
+                        "have no class folders to drop.")
     if task == "multilabel":
         if kind == "folder" and arg:
             if not labels_file:
@@ -613,7 +638,8 @@ def load(spec, split_names=("train", "test"), *, channels=3, num_classes=0,
     if kind == "tfds" and arg:
         return tfds_dataset(arg, split_names, tfds_data_dir, tfds_download)
     if kind == "folder" and arg:
-        return image_folder(arg, split_names, channels, skip_corrupt, verify)
+        return image_folder(arg, split_names, channels, skip_corrupt, verify,
+                            drop_empty_classes)
     if kind == "tfrecord" and arg:
         return tfrecords(arg, split_names, channels, num_classes)
     raise DataError(f"Unknown dataset {spec!r}: use fashion_mnist, tfds:NAME, "

@@ -52,9 +52,12 @@ class StageData:
     def held_out(self):
         """Which labeled images were held out from training (model_info.json): the
         same dataset, labels per class, seed and fraction pick the same ones."""
-        return {"dataset": self.dataset, "labels_per_class": self.labels_per_class,
+        held = {"dataset": self.dataset, "labels_per_class": self.labels_per_class,
                 "seed": self.seed, "validation_fraction": self.validation_fraction,
                 "examples": int(len(self.validation_indices))}
+        if self.info.dropped_classes:  # recorded only when set: older runs compare equal
+            held["drop_empty_classes"] = True
+        return held
 
     def labeled(self, batch_size=None, shuffle=False):
         """(uint8 image, label) of the labeled subset, shuffled before decoding every pass
@@ -95,5 +98,6 @@ class StageData:
                 "labels_per_class": self.labels_per_class,
                 "validation_fraction": self.validation_fraction,
                 "validation_examples": len(self.validation_indices),
+                "dropped_empty_classes": list(self.info.dropped_classes),
                 "skipped_unreadable_images": len(skipped),
                 "skipped_unreadable_first": skipped[:MAX_NAMED_SKIPS]}

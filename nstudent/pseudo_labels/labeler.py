@@ -110,6 +110,7 @@ def teacher_settings(classifier, teacher_path, stage_data, config, num_shards=1)
             "dataset": stage_data.dataset, "split": stage_data.train.name,
             "unlabeled_dataset": stage_data.unlabeled_spec or None,
             "labels_per_class": stage_data.labels_per_class, "seed": stage_data.seed,
+            **({"drop_empty_classes": True} if stage_data.info.dropped_classes else {}),
             "num_shards": num_shards,
             **{k: v for k, v in config.to_dict().items()
                if k not in ("batch_size", "to_label")}}
