@@ -14,8 +14,26 @@ from nstudent.errors import InputError
 FLAGS = flags.FLAGS
 
 
+# {group: the flag names its define_*_flags defined}, filled as they run
+GROUPS = {}
+
+
+def _group(name):
+    """Records which flags a define_*_flags function defines, so that a tool can list
+    whole groups in its --help (`help_lists`)."""
+    def wrap(define):
+        def defines():
+            before = set(FLAGS)
+            define()
+            GROUPS[name] = tuple(sorted(set(FLAGS) - before))
+        defines.__doc__ = define.__doc__
+        return defines
+    return wrap
+
+
 def define_shared_flags():
-    """Every tool takes every shared flag, so one flagfile serves all the stages."""
+    """Every tool takes every shared flag, so one flagfile serves all the stages; its
+    --help lists only those it reads (`help_lists`), --helpfull all of them."""
     define_data_flags()
     define_model_flags()
     define_train_flags()
@@ -26,6 +44,18 @@ def define_shared_flags():
     define_distribution_flags()
 
 
+def help_lists(*groups, names=()):
+    """The shared flags a tool's --help lists beside its own: whole groups (GROUPS) and
+    single `names`. The others are still accepted (a shared flagfile) and validated,
+    and listed by --helpfull; a misspelt flag is still refused by name."""
+    # key flags of the calling tool's module: absl names a script's module by argv[0]
+    module = sys._getframe(1).f_globals["__name__"]
+    module = sys.argv[0] if module == "__main__" else module
+    for name in [n for g in groups for n in GROUPS[g]] + list(names):
+        FLAGS.register_key_flag_for_module(module, FLAGS[name])
+
+
+@_group("data")
 def define_data_flags():
     flags.DEFINE_string(
         "dataset", "fashion_mnist",
@@ -71,6 +101,7 @@ def define_data_flags():
     flags.DEFINE_integer("seed", 0, "Seed of the labeled subset, initialization and noise.")
 
 
+@_group("model")
 def define_model_flags():
     flags.DEFINE_enum("model", "b0", list(models.VARIANTS), "EfficientNet variant, or "
                       "cnn: the plain small-image CNN (three blocks of two 3x3 convs with "
@@ -96,6 +127,7 @@ def define_model_flags():
                        "the training log lists them.")
 
 
+@_group("train")
 def define_train_flags():
     flags.DEFINE_integer("batch_size", 128, "Labeled batch size.")
     flags.DEFINE_integer("epochs", 30, "Epochs.")
@@ -177,6 +209,7 @@ def define_train_flags():
                       "Keras dtype policy.")
 
 
+@_group("pseudo_label")
 def define_pseudo_label_flags():
     from nstudent.pseudo_labels.selection import WARN_COPIES
 
@@ -230,6 +263,7 @@ def define_pseudo_label_flags():
                          "at its first missing chunk.")
 
 
+@_group("distribution")
 def define_distribution_flags():
     flags.DEFINE_enum("distribution", "auto", list(training.DISTRIBUTIONS),
                       "auto: every local accelerator when there are several, else one "
@@ -257,6 +291,7 @@ def label_config():
                        batch_size=FLAGS.label_batch_size, chunk_size=FLAGS.label_chunk_size)
 
 
+@_group("student")
 def define_student_flags():
     flags.DEFINE_integer("unlabeled_ratio", 3, "Pseudo-labeled batch size as a multiple "
                          "of --batch_size.")
@@ -301,6 +336,7 @@ def student_config():
         pseudo_class_weights=FLAGS.pseudo_class_weights)
 
 
+@_group("finetune")
 def define_finetune_flags():
     flags.DEFINE_integer("finetune_resolution", 0, "Fine-tune at this test resolution "
                          "(pixels); 0: no fine-tuning in tools/pipeline.py.")
@@ -313,6 +349,7 @@ def define_finetune_flags():
 LR_SCALING = ("linear", "sqrt", "none")
 
 
+@_group("pretrain")
 def define_pretrain_flags():
     flags.DEFINE_integer("pretrain_epochs", 100, "Contrastive pretraining epochs (one "
                          "epoch: every labeled and unlabeled image once, in two views).")

@@ -222,3 +222,58 @@ def test_a_bad_choice_and_an_unknown_flag_exit_2_from_the_command_line(tmp_path)
         assert result.returncode == 2, result.stderr[-2000:]
         assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0]
         assert "FATAL" not in result.stderr and not (tmp_path / "x").exists()
+
+
+# functions that only check flags (a value they check is not one the tool reads), and
+# help_lists itself (FLAGS' own method is no flag)
+_CHECKS = {"validate_flags", "check_flag_ranges", "check_range", "main_of", "run_stage",
+           "help_lists"}
+
+
+def _flags_read(tool):
+    """FLAGS.<name> a tool reads: in its own file, and in the cli functions it calls
+    (followed through cli), read from the source with ast, not from cli.GROUPS."""
+    cli_tree = ast.parse((ROOT / "nstudent" / "cli.py").read_text())
+    functions = {n.name: n for n in cli_tree.body if isinstance(n, ast.FunctionDef)}
+
+    def reads(node, seen):
+        found = set()
+        for x in ast.walk(node):
+            if isinstance(x, ast.Attribute) and getattr(x.value, "id", "") == "FLAGS":
+                found.add(x.attr)
+            called = getattr(x, "func", None) if isinstance(x, ast.Call) else None
+            name = getattr(called, "id", None) or (
+                called.attr if isinstance(called, ast.Attribute)
+                and getattr(called.value, "id", "") == "cli" else None)
+            if name in functions and name not in seen and name not in _CHECKS:
+                seen.add(name)
+                found |= reads(functions[name], seen)
+        return found
+
+    return reads(ast.parse((ROOT / "tools" / tool).read_text()), set())
+
+
+def _help(tool, which="--help"):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / tool), which],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert "Try --helpfull" in result.stdout or which == "--helpfull", result.stderr[-2000:]
+    return {line.split(":")[0].strip().replace("--[no]", "--")
+            for line in result.stdout.splitlines() if line.startswith("  --")}
+
+
+@pytest.mark.parametrize("tool", ["train.py", "pseudo_label.py", "finetune.py",
+                                  "pretrain.py", "pipeline.py"])
+def test_each_tool_help_lists_the_flags_it_reads_and_helpfull_all(tool):
+    listed = _help(tool)
+    read = {f"--{name}" for name in _flags_read(tool)}
+    assert read and read <= listed, f"read but not in --help: {sorted(read - listed)}"
+    everything = _help(tool, "--helpfull")
+    assert listed < everything and {"--blur", "--backup_every_steps"} <= everything
+    if tool == "pseudo_label.py":  # a labeling user's list: no SimCLR, no training
+        assert len(listed) < 60, len(listed)
+        assert not {"--blur", "--backup_every_steps", "--epochs"} & listed
+        assert {"--teacher", "--min_confidence", "--dataset", "--precision"} <= listed

@@ -17,7 +17,7 @@ cli.define_shared_flags()
 flags.DEFINE_string("run", None, "Run folder to fine-tune (with model.keras).",
                     required=True)
 flags.DEFINE_bool("overwrite", False, "Fine-tune again even if the output is finished.")
-flags.adopt_module_key_flags(cli)
+cli.help_lists("data", "train", "finetune", "distribution")
 FLAGS = flags.FLAGS
 
 

@@ -51,7 +51,7 @@ flags.DEFINE_bool("pretrain", False, "SimCLRv2 first: contrastive pretraining on
                   "--ft_proj_selector head layers, then the noisy student generations.")
 flags.DEFINE_integer("robustness_examples", 0, "Test images for the corruption and FGSM "
                      "evaluation; 0: all.")
-flags.adopt_module_key_flags(cli)
+cli.help_lists(*cli.GROUPS)
 FLAGS = flags.FLAGS
 
 

@@ -21,7 +21,7 @@ from nstudent import cli  # noqa: E402
 cli.define_shared_flags()
 flags.DEFINE_string("out", None, "Output folder of the run.", required=True)
 flags.DEFINE_bool("overwrite", False, "Pretrain again even if <out> holds a finished run.")
-flags.adopt_module_key_flags(cli)
+cli.help_lists("data", "model", "train", "pretrain", "distribution")
 FLAGS = flags.FLAGS
 
 

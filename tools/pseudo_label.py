@@ -36,7 +36,8 @@ flags.DEFINE_enum("phase", "all", ["all", "label", "select"],
 flags.DEFINE_integer("num_shards", 1, "Shards the unlabeled images are split into.")
 flags.DEFINE_integer("shard_index", -1, "The shard to label; -1: every shard, in turn.")
 flags.DEFINE_bool("overwrite", False, "Label and select again even when done.")
-flags.adopt_module_key_flags(cli)
+cli.help_lists("data", "pseudo_label", "distribution",
+               names=("precision", "calibration", "validation_fraction"))
 FLAGS = flags.FLAGS
 
 

@@ -24,7 +24,8 @@ flags.DEFINE_string("pseudo_labels", None, "Folder of pseudo-label shards "
                     "labeled subset.")
 flags.DEFINE_string("out", None, "Output folder of the run.", required=True)
 flags.DEFINE_bool("overwrite", False, "Train again even if <out> holds a finished run.")
-flags.adopt_module_key_flags(cli)  # --help lists the shared flags too
+cli.help_lists("data", "model", "train", "student", "distribution",
+               names=("init_from_pretrained", "ft_proj_selector"))
 FLAGS = flags.FLAGS
 
 
