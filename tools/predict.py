@@ -22,7 +22,9 @@ import time
 
 from absl import flags, logging
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+from nstudent.startup import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # before anything imports it
 from nstudent import cli  # noqa: E402
 from nstudent.errors import InputError  # noqa: E402
 

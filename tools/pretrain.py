@@ -15,7 +15,9 @@ import os
 
 from absl import flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+from nstudent.startup import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # before anything imports it
 from nstudent import cli  # noqa: E402
 
 cli.define_shared_flags()
