@@ -143,7 +143,7 @@ def define_train_flags():
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
     flags.DEFINE_integer("randaugment_layers", 2, "RandAugment operations per image (N).")
     flags.DEFINE_float("randaugment_magnitude", 9.0, "RandAugment magnitude M on the "
-                       "0-10 scale; what M means differs by implementation (README's "
+                       "0-10 scale; what M means differs by implementation (docs/tools.md's "
                        "table): only `reference` maps it as the Noisy Student reference.")
     flags.DEFINE_enum("randaugment_impl", "auto", list(augment.IMPLEMENTATIONS),
                       "RandAugment implementation: reference (the Noisy Student "
@@ -270,7 +270,7 @@ def define_distribution_flags():
                       "device; data_parallel: every local device (TensorFlow: "
                       "MirroredStrategy; JAX: keras.distribution.DataParallel); none: one "
                       "device. Several machines: TF_CONFIG (TensorFlow) or "
-                      "KERAS_DISTRIBUTION_* (JAX), see README. --batch_size stays global.")
+                      "KERAS_DISTRIBUTION_* (JAX), see docs/scale-out.md. --batch_size stays global.")
     flags.DEFINE_bool("sync_batchnorm", False, "TensorFlow, several replicas: batch-norm "
                       "statistics over the global batch instead of each replica's (JAX "
                       "always computes them over the global batch).")
@@ -311,7 +311,7 @@ def define_student_flags():
     flags.DEFINE_bool("pseudo_class_weights", False, "--task=multilabel: weigh each "
                       "class's pseudo-label loss by stats.json's class_weights (mean "
                       "confident positives / the class's). Off by default: on the mosaics "
-                      "it cost validation mAP (README, Multi-label).")
+                      "it cost validation mAP (docs/multilabel.md).")
     flags.DEFINE_bool("pseudo_noise", True, "RandAugment, crop and flip on the "
                       "pseudo-labeled images. --nopseudo_noise is the paper's ablation: "
                       "clean pseudo-labeled images, noised labeled ones; dropout and "

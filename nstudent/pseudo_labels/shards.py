@@ -5,7 +5,7 @@
   <out>/pseudo-0000i-of-0000n.json       its stats, with its size in bytes
   <out>/stats.json                       the whole set; written last
 
-Each record is a tf.train.Example (schema in the README):
+Each record is a tf.train.Example (schema in docs/noisy-student.md):
   image       bytes    the source's encoded image (a folder's JPEG as it was;
                        PNG for sources that hold pixels)
   label       float[C] soft label softmax(logits / T), or one-hot with --hard_labels

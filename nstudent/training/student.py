@@ -88,7 +88,7 @@ class StudentConfig:
     # multi-label: weigh each class's pseudo-label loss by stats.json's class_weights
     # (off: the balanced BCE already gives each class's positives their own average;
     # on the mosaics the weights, up to 18x where the teacher was rarely sure, cost
-    # 0.08 of validation mAP: README, Multi-label)
+    # 0.08 of validation mAP: docs/multilabel.md)
     pseudo_class_weights: bool = False
 
     def __post_init__(self):
