@@ -44,6 +44,11 @@ def define_shared_flags():
     define_distribution_flags()
 
 
+def shared_flag_names():
+    """Every shared flag's name (define_shared_flags must have run)."""
+    return [name for names in GROUPS.values() for name in names]
+
+
 def help_lists(*groups, names=()):
     """The shared flags a tool's --help lists beside its own: whole groups (GROUPS) and
     single `names`. The others are still accepted (a shared flagfile) and validated,

@@ -21,6 +21,7 @@ FLOORS = (
     ("pretraining", "pseudo_labels"),
     ("pipeline",),
     ("cli",),
+    ("api",),
 )
 FLOOR = {package: i for i, names in enumerate(FLOORS) for package in names}
 
