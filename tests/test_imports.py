@@ -12,7 +12,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # The floors, lowest first: a package may import from its own floor's package only
 # when they are the same package, else only from lower floors.
 FLOORS = (
-    ("errors", "lazy", "startup"),
+    ("errors", "lazy", "startup", "keras_private"),
     ("augment", "models"),
     ("data",),
     ("export",),

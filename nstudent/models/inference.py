@@ -14,6 +14,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from nstudent.keras_private import consumers, single_source
+
 
 class _Passthrough(layers.Layer):
     """Stands where a folded batch norm or a dropout layer was."""
@@ -26,11 +28,11 @@ def _folded_pairs(model):
     """{conv layer name: the BN layer that only it feeds}."""
     pairs = {}
     for layer in model.layers:
-        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+        if not isinstance(layer, layers.BatchNormalization):
             continue
-        source = layer._inbound_nodes[0].input_tensors[0]._keras_history[0]
+        source = single_source(layer)
         if (isinstance(source, (layers.Conv2D, layers.DepthwiseConv2D))
-                and not source.use_bias and len(source._outbound_nodes) == 1
+                and not source.use_bias and consumers(source) == 1
                 and source.activation in (None, keras.activations.linear)):
             pairs[source.name] = layer
     return pairs

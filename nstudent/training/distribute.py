@@ -20,6 +20,7 @@ import keras
 from absl import logging
 
 from nstudent.errors import InputError
+from nstudent.keras_private import build_once_from
 
 DISTRIBUTIONS = ("auto", "none", "data_parallel")
 JAX_PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
@@ -279,8 +280,7 @@ def prebuild(model, dataset, placement=None):
         return
     batch = next(iter(dataset))
     with placement.scope():
-        model._symbolic_build(data_batch=batch)
-    model._maybe_symbolic_build = lambda *args, **kwargs: None
+        build_once_from(model, batch)
 
     def vector_logs(step):
         def run(*args):

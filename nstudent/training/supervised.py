@@ -11,6 +11,7 @@ import numpy as np
 from absl import logging
 
 from nstudent.errors import InputError
+from nstudent.keras_private import ema_pairs
 from nstudent.training.optim import optimizer_for
 
 
@@ -164,8 +165,7 @@ def ema_weights(optimizer):
         return
 
     def swap():
-        for var, average in zip(optimizer._trainable_variables,
-                                optimizer._model_variables_moving_average):
+        for var, average in ema_pairs(optimizer):
             raw = keras.ops.convert_to_numpy(var)
             var.assign(average)
             average.assign(raw)
