@@ -8,7 +8,7 @@ import sys
 
 from absl import flags, logging
 
-from nstudent import augment, data, models, training
+from nstudent import augment, data, models, ranges, training
 from nstudent.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -509,84 +509,12 @@ def train_config():
         calibration=FLAGS.calibration)
 
 
-# The range of every numeric shared flag: (flag, lowest, lowest allowed, highest,
-# highest allowed); None: unbounded. Checked before any data is read.
-FLAG_RANGES = (
-    ("labels_per_class", 0, True, None, False),  # 0: every label
-    ("num_classes", 0, True, None, False),  # 0: from the data
-    ("width_scale", 0, False, None, False),
-    ("depth_scale", 0, False, None, False),
-    ("image_size", 0, True, None, False),  # 0: the variant's resolution
-    ("dropout", None, False, 1, False),  # < 0: the variant's rate
-    ("stochastic_depth", 0, True, 1, False),
-    ("batch_size", 1, True, None, False),
-    ("epochs", 0, True, None, False),
-    ("steps_per_epoch", 0, True, None, False),  # 0: one pass over the data
-    ("train_steps", 0, True, None, False),  # 0: --epochs
-    ("student_steps", 0, True, None, False),  # 0: epochs
-    ("learning_rate", 0, False, None, False),
-    ("weight_decay", 0, True, None, False),
-    ("warmup_epochs", 0, True, None, False),
-    ("randaugment_layers", 0, True, None, False),  # 0: no RandAugment
-    ("randaugment_magnitude", 0, True, 10, True),
-    ("crop_padding", 0, True, None, False),
-    ("fill_value", 0, True, 255, True),
-    ("bn_recalibration_batches", 0, True, None, False),
-    ("eval_every_epochs", 0, True, None, False),
-    ("backup_every_steps", 0, True, None, False),
-    ("grad_accum_steps", 1, True, None, False),
-    ("ema_decay", 0, True, 1, False),
-    ("label_smoothing", 0, True, 1, False),
-    ("validation_fraction", 0, True, 1, False),
-    ("temperature", 0, False, None, False),
-    ("min_confidence", 0, True, 1, True),
-    ("per_class", 0, True, None, False),  # 0: the mean count per class
-    ("max_copies", 0, True, None, False),  # 0: no limit
-    ("min_precision", 0, True, 1, True),  # 0: off
-    ("min_precision_count", 1, True, None, False),
-    ("to_label", 0, True, None, False),  # 0: no to_label.csv
-    ("label_batch_size", 1, True, None, False),
-    ("label_chunk_size", 1, True, None, False),
-    ("unlabeled_ratio", 1, True, None, False),
-    ("pseudo_loss_weight", 0, True, None, False),
-    ("labeled_loss_weight", 0, True, None, False),
-    ("distill_temperature", 0, True, None, False),  # 0: no distillation
-    ("finetune_resolution", 0, True, None, False),  # 0: no fine-tuning
-    ("freeze_blocks", -1, True, None, False),  # -1: all but the last stage's
-    ("finetune_epochs", 0, True, None, False),
-    ("finetune_learning_rate", 0, False, None, False),
-    ("pretrain_epochs", 0, True, None, False),
-    ("pretrain_learning_rate", 0, False, None, False),
-    ("pretrain_weight_decay", 0, True, None, False),
-    ("pretrain_warmup_epochs", 0, True, None, False),
-    ("contrastive_temperature", 0, False, None, False),
-    ("proj_head_layers", 1, True, None, False),
-    ("proj_dim", 1, True, None, False),
-    ("color_jitter_strength", 0, True, None, False),
-    ("knn_k", 1, True, None, False),
-    ("ft_proj_selector", 0, True, None, False),
-)
+check_range = ranges.check_range  # the tools' own flags' ranges use it too
 
 
-def check_range(name, value, low, low_ok, high, high_ok):
-    """InputError naming --`name` when `value` is outside the range."""
-    if ((low is None or value > low or (value == low and low_ok))
-            and (high is None or value < high or (value == high and high_ok))):
-        return
-    if high is None:
-        rule = ({True: "must not be negative", False: "must be positive"}[low_ok]
-                if low == 0 else f"must be at least {low}" if low_ok else
-                f"must be greater than {low}")
-    elif low is None:
-        rule = f"must be at most {high}" if high_ok else f"must be below {high}"
-    else:
-        rule = (f"must be in {'[' if low_ok else '('}{low}, "
-                f"{high}{']' if high_ok else ')'}")
-    raise InputError(f"--{name} {rule}, got {value}.")
-
-
-def check_flag_ranges(ranges=FLAG_RANGES):
-    for name, *bounds in ranges:
+def check_flag_ranges(table=ranges.RANGES):
+    """Every defined flag of `table` (nstudent/ranges.py's, or a tool's own) in range."""
+    for name, *bounds in table:
         if name in FLAGS and getattr(FLAGS, name) is not None:  # None: unset, a rule
             check_range(name, getattr(FLAGS, name), *bounds)
 
@@ -605,9 +533,6 @@ def validate_flags(trains=True, multilabel=False):
     if "min_confidence" in FLAGS:
         label_config()  # raises on a bad --temperature, --min_confidence, sizes
     train_config()  # --grad_accum_steps, --ema_decay, ...
-    if not 0.0 <= FLAGS.validation_fraction < 1.0:
-        raise InputError(f"--validation_fraction must be in [0, 1), got "
-                         f"{FLAGS.validation_fraction}.")
     if trains and FLAGS.calibration == "temperature" and not FLAGS.validation_fraction:
         raise InputError("--calibration=temperature fits T on labeled images held out from "
                          "training: set --validation_fraction (e.g. 0.1).")
@@ -617,9 +542,6 @@ def validate_flags(trains=True, multilabel=False):
         contrastive_config(FLAGS.image_size or 1)  # temperature, head, k
         pretrain_train_config()
         check_batch(FLAGS.pretrain_batch_size, 1)  # the replicas are counted later
-        if FLAGS.ft_proj_selector < 0:
-            raise InputError(f"--ft_proj_selector must not be negative, got "
-                             f"{FLAGS.ft_proj_selector}.")
         if FLAGS.init_from_pretrained:
             from nstudent.training.from_pretrained import check_pretrained
 

@@ -114,7 +114,7 @@ def test_precision_cutoffs_of_a_hand_table():
     assert c[0].cutoff == 0.4
     assert _cutoffs(0.5, min_count=2)[1].cutoff == 0.8  # enough predictions now
     for bad in (0.0, 1.5, -0.1):
-        with pytest.raises(InputError, match="--min_precision must be in"):
+        with pytest.raises(InputError, match="--min_precision (must be in|above 0)"):
             _cutoffs(bad)
 
 

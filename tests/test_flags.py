@@ -9,6 +9,7 @@ import ast
 import importlib.util
 import os
 import pathlib
+import re
 
 import pytest
 from absl import flags
@@ -148,9 +149,9 @@ def test_randaugment_refuses_a_negative_count():
     from nstudent.augment import DeviceNoise, make_randaugment
     from nstudent.data import InputConfig
 
-    with pytest.raises(InputError, match="0 .off. or more"):
+    with pytest.raises(InputError, match="--randaugment_layers must not be negative"):
         make_randaugment(-1, 9)
-    with pytest.raises(InputError, match="0 .off. or more"):
+    with pytest.raises(InputError, match="--randaugment_layers must not be negative"):
         DeviceNoise(-2, 9)
     with pytest.raises(InputError, match="--randaugment_layers"):
         InputConfig(image_size=16, batch_size=4, randaugment_layers=-1)
@@ -277,3 +278,33 @@ def test_each_tool_help_lists_the_flags_it_reads_and_helpfull_all(tool):
         assert len(listed) < 60, len(listed)
         assert not {"--blur", "--backup_every_steps", "--epochs"} & listed
         assert {"--teacher", "--min_confidence", "--dataset", "--precision"} <= listed
+
+
+def test_each_range_is_written_once_and_every_config_checks_it_with_the_flags_message():
+    """No module but nstudent/ranges.py phrases a range ("--name must be ...") for a
+    setting of its table; a config made from Python refuses an out-of-range field with
+    the same message as the flag (the table's rule, by hand here)."""
+    from nstudent import models, ranges
+    from nstudent.data import InputConfig
+    from nstudent.pseudo_labels import LabelConfig
+    from nstudent.training import StudentConfig, TrainConfig
+
+    names = {name for name, *_ in ranges.RANGES}
+    phrased = []
+    for path in _python_files():
+        if path.name == "ranges.py":
+            continue
+        for name in names:
+            if re.search(rf"--{name} must (be|not)", path.read_text()):
+                phrased.append(f"{path.relative_to(ROOT)}: --{name}")
+    assert not phrased, phrased
+    cases = ((lambda: TrainConfig(ema_decay=1.0), "--ema_decay must be in [0, 1), got 1.0"),
+             (lambda: TrainConfig(total_steps=-1), "--train_steps must not be negative"),
+             (lambda: StudentConfig(unlabeled_ratio=0), "--unlabeled_ratio must be at least 1"),
+             (lambda: models.ModelConfig(width_scale=0), "--width_scale must be positive"),
+             (lambda: InputConfig(16, 4, fill_value=256), "--fill_value must be in [0, 255]"),
+             (lambda: LabelConfig(chunk_size=0), "--label_chunk_size must be at least 1"))
+    for make, message in cases:
+        with pytest.raises(InputError) as error:
+            make()
+        assert str(error.value).startswith(message), str(error.value)

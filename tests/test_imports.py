@@ -13,6 +13,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # when they are the same package, else only from lower floors.
 FLOORS = (
     ("errors", "lazy", "startup", "keras_private"),
+    ("ranges",),
     ("augment", "models"),
     ("data",),
     ("export",),

@@ -5,7 +5,6 @@ augmentation; exports it to <run>/finetuned_<resolution>/.
       --run=runs/fashion_mnist/gen1 --finetune_resolution=48
 """
 
-import os
 
 from absl import flags, logging
 

@@ -11,7 +11,6 @@ Writes <out>/model.keras (images -> embeddings, projections), <out>/saved_model/
 the kNN and linear-probe accuracy of the encoder on the test split.
 """
 
-import os
 
 from absl import flags
 

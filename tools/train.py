@@ -11,7 +11,6 @@ Writes <out>/model.keras, <out>/saved_model/ (serving_default on uint8 images),
 """
 
 import dataclasses
-import os
 
 from absl import flags
 

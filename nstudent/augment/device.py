@@ -23,7 +23,7 @@ import math
 import keras
 from keras import ops
 
-from nstudent.errors import InputError
+from nstudent import ranges
 
 OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color",
        "posterize", "contrast", "brightness", "sharpness", "shear_x", "shear_y",
@@ -121,10 +121,8 @@ class DeviceNoise(keras.layers.Layer):
                  seed=None, crop_scale=None, crop_ratio=(0.75, 4 / 3),
                  fill_value=FILL_VALUE, geometric=True, **kwargs):
         super().__init__(**kwargs)
-        if not 0 <= magnitude <= MAX_MAGNITUDE:
-            raise InputError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
-        if num_ops < 0:
-            raise InputError(f"RandAugment takes 0 (off) or more operations, got {num_ops}.")
+        ranges.check("randaugment_magnitude", magnitude)
+        ranges.check("randaugment_layers", num_ops)
         self.num_ops = int(num_ops)
         self.magnitude = float(magnitude)
         self.random_flip = bool(random_flip)

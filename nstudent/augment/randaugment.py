@@ -18,6 +18,7 @@ on the host cannot keep up, and "keras_cv" elsewhere.
 Magnitudes use the RandAugment paper's 0-10 scale (10 = strongest).
 """
 
+from nstudent import ranges
 from nstudent.errors import InputError
 
 IMPLEMENTATIONS = ("auto", "keras_cv", "keras", "reference", "device", "none")
@@ -47,10 +48,8 @@ def make_randaugment(num_ops, magnitude, impl="keras_cv", seed=None, fill_value=
     if impl not in IMPLEMENTATIONS:
         raise InputError(f"Unknown RandAugment implementation {impl!r}; "
                          f"choose one of {', '.join(IMPLEMENTATIONS)}.")
-    if not 0 <= magnitude <= MAX_MAGNITUDE:
-        raise InputError(f"RandAugment magnitude must be in [0, 10], got {magnitude}.")
-    if num_ops < 0:
-        raise InputError(f"RandAugment takes 0 (off) or more operations, got {num_ops}.")
+    ranges.check("randaugment_magnitude", magnitude)
+    ranges.check("randaugment_layers", num_ops)
     impl = resolve_impl(impl)
     if impl == "keras" and not geometric:
         raise InputError("--randaugment_impl=keras cannot leave out the geometric "
@@ -105,8 +104,7 @@ def make_cutout(size, fill_value=128.0):
     """image -> the image with one `size` x `size` square (clipped at the border) at a
     uniformly random centre filled with `fill_value`: the reference's small-image input
     cuts one out after RandAugment (half the side). 0: the identity."""
-    if size < 0:
-        raise InputError(f"--cutout must be 0 (off) or a side in pixels, got {size}.")
+    ranges.check("cutout", size)
     if not size:
         return lambda image: image
     from nstudent.augment.reference import cutout

@@ -6,6 +6,7 @@ tf.data) can use it on a machine without TensorFlow.
 
 import dataclasses
 
+from nstudent import ranges
 from nstudent.errors import InputError
 
 CROPS = ("pad", "random_resized")
@@ -40,25 +41,12 @@ class InputConfig:
     deterministic_order: bool = False
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise InputError(f"--batch_size must be at least 1, got {self.batch_size}.")
-        if self.randaugment_layers < 0:
-            raise InputError(f"--randaugment_layers must be 0 (no RandAugment) or more, "
-                             f"got {self.randaugment_layers}.")
-        if not 0 <= self.randaugment_magnitude <= 10:
-            raise InputError(f"--randaugment_magnitude must be in [0, 10], got "
-                             f"{self.randaugment_magnitude}.")
-        if not 0 <= self.fill_value <= 255:
-            raise InputError(f"--fill_value must be in [0, 255], got {self.fill_value}.")
-        if self.cutout < 0:
-            raise InputError(f"--cutout must be 0 (off) or a side in pixels, got "
-                             f"{self.cutout}.")
+        ranges.check_fields(self, "batch_size", "randaugment_layers",
+                            "randaugment_magnitude", "fill_value", "cutout", "crop_padding")
         if self.cutout and self.randaugment_impl == "device":
             raise InputError("--cutout runs in tf.data; --randaugment_impl=device noises on "
                              "the device, where it has no cutout: use keras_cv, keras or "
                              "reference.")
-        if self.crop_padding < 0:
-            raise InputError(f"--crop_padding must not be negative, got {self.crop_padding}.")
         if self.crop not in CROPS:
             raise InputError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}.")
         if self.cache not in CACHES:

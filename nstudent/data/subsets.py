@@ -3,6 +3,7 @@
 import numpy as np
 from absl import logging
 
+from nstudent import ranges
 from nstudent.data.sources import DataError
 
 
@@ -64,11 +65,10 @@ def carve_validation(labeled, labels, fraction, seed):
     """Holds out `fraction` of each class's labeled examples (at least one where a
     class has two or more) for validation: returns (train, validation) indices,
     sorted. Depends only on the labels and the seed."""
+    ranges.check("validation_fraction", fraction)
     labeled = np.asarray(labeled)
-    if fraction <= 0:
+    if fraction == 0:
         return labeled, labeled[:0]
-    if fraction >= 1:
-        raise DataError(f"--validation_fraction must be below 1, got {fraction}.")
     labels = np.asarray(labels)[labeled]
     rng = np.random.default_rng([seed, 1])
     if labels.ndim == 2:  # multi-label: no single class to stratify by

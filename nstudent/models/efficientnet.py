@@ -19,6 +19,7 @@ import math
 import keras
 from keras import layers
 
+from nstudent import ranges
 from nstudent.errors import InputError
 from nstudent.models.layers import stochastic_depth
 
@@ -128,17 +129,9 @@ class ModelConfig:
                              f"{', '.join(STAGE_STRIDES)}, got {self.stage_strides!r}.")
         if self.stem_stride not in (1, 2):
             raise InputError(f"stem_stride must be 1 or 2, got {self.stem_stride}.")
-        for name in ("dropout", "stochastic_depth"):
-            if getattr(self, name) >= 1.0:
-                raise InputError(f"{name} must be < 1, got {getattr(self, name)}.")
-        if self.stochastic_depth < 0:
-            raise InputError(f"stochastic_depth must not be negative, got "
-                             f"{self.stochastic_depth}.")
-        for name in ("width_scale", "depth_scale"):  # 0 would build no channels or blocks
-            if getattr(self, name) <= 0:
-                raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
-        if self.image_size < 0:
-            raise InputError(f"image_size must not be negative, got {self.image_size}.")
+        # a width or depth scale of 0 would build no channels or blocks
+        ranges.check_fields(self, "dropout", "stochastic_depth", "width_scale",
+                            "depth_scale", "image_size")
 
     @property
     def resolved_image_size(self):

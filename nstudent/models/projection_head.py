@@ -11,8 +11,8 @@ import dataclasses
 
 import keras
 
+from nstudent import ranges
 from nstudent.models.efficientnet import build_encoder, feature_width, head_layer
-from nstudent.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,10 +21,7 @@ class HeadConfig:
     dim: int = 128  # width of the last layer, the projection
 
     def __post_init__(self):
-        if self.layers < 1:
-            raise InputError(f"--proj_head_layers must be at least 1, got {self.layers}.")
-        if self.dim < 1:
-            raise InputError(f"--proj_dim must be at least 1, got {self.dim}.")
+        ranges.check_fields(self, proj_head_layers="layers", proj_dim="dim")
 
     def units(self, model_config):
         """Widths of the head's layers: the encoder's width, the last `dim`."""

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from nstudent import data, export
+from nstudent import data, export, ranges
 from nstudent.augment.contrastive import ContrastiveViews
 from nstudent.errors import InputError
 from nstudent.pretraining.knn import knn_accuracy
@@ -30,14 +30,8 @@ class ContrastiveConfig:
     knn_k: int = 20  # neighbours of the kNN evaluation
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise InputError(f"--contrastive_temperature must be positive, got "
-                             f"{self.temperature}.")
-        if self.jitter_strength < 0:
-            raise InputError(f"--color_jitter_strength must not be negative, got "
-                             f"{self.jitter_strength}.")
-        if self.knn_k < 1:
-            raise InputError(f"--knn_k must be at least 1, got {self.knn_k}.")
+        ranges.check_fields(self, "knn_k", contrastive_temperature="temperature",
+                            color_jitter_strength="jitter_strength")
 
     def to_dict(self):
         return dataclasses.asdict(self)

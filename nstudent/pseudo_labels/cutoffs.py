@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from nstudent import ranges
 from nstudent.errors import InputError
 
 NOTHING = float("inf")  # a class whose most confident predictions already miss P
@@ -34,8 +35,10 @@ def precision_cutoffs(confidence, predicted, labels, num_classes, min_precision,
     every distinct confidence above it. Fewer than `min_count` held-out images
     predicted as c: `global_cutoff` stands. P unmet even by the most confident
     ones: NOTHING (the class keeps no image)."""
-    if not 0 < min_precision <= 1:
-        raise InputError(f"--min_precision must be in (0, 1], got {min_precision}.")
+    ranges.check("min_precision", min_precision)
+    if not min_precision:
+        raise InputError("Per-class cut-offs need a precision target: --min_precision "
+                         "above 0.")
     confidence = np.asarray(confidence, np.float64)
     predicted = np.asarray(predicted, np.int64)
     labels = np.asarray(labels, np.int64)

@@ -15,6 +15,7 @@ import time
 import numpy as np
 from absl import logging
 
+from nstudent import ranges
 from nstudent.errors import InputError
 from nstudent.export.atomic import read_json
 from nstudent.pseudo_labels.inference import TeacherInference
@@ -53,25 +54,10 @@ class LabelConfig:
     chunk_size: int = 16384  # images per resumable chunk of a shard
 
     def __post_init__(self):
-        for name in ("batch_size", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{'label_' if name == 'batch_size' else ''}{name} must "
-                                 f"be at least 1, got {getattr(self, name)}.")
-        if self.temperature <= 0:
-            raise InputError(f"--temperature must be positive, got {self.temperature}.")
-        for name in ("per_class", "max_copies"):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name} must be 0 or more, got {getattr(self, name)}.")
-        if not 0 <= self.min_confidence <= 1:
-            raise InputError(f"--min_confidence must be in [0, 1], got {self.min_confidence}.")
-        if not 0 <= self.min_precision <= 1:
-            raise InputError(f"--min_precision must be in (0, 1] (0: off), got "
-                             f"{self.min_precision}.")
-        if self.to_label < 0:
-            raise InputError(f"--to_label must not be negative, got {self.to_label}.")
-        if self.min_precision_count < 1:
-            raise InputError(f"--min_precision_count must be at least 1, got "
-                             f"{self.min_precision_count}.")
+        ranges.check_fields(self, "temperature", "per_class", "max_copies",
+                            "min_confidence", "min_precision", "to_label",
+                            "min_precision_count", label_batch_size="batch_size",
+                            label_chunk_size="chunk_size")
         if not 0 <= self.negative_threshold < self.positive_threshold <= 1:
             raise InputError(f"--positive_threshold ({self.positive_threshold}) must be "
                              f"above --negative_threshold ({self.negative_threshold}), "

@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from nstudent import ranges
 from nstudent.errors import InputError
 
 DIGIT_BITS = 12
@@ -24,8 +25,7 @@ _INDEX_MASK = np.uint64(0xFFFFFFFF)
 
 def soften(logits, temperature=1.0, hard=False):
     """Softmax of logits / temperature; one-hot of the argmax when `hard`."""
-    if temperature <= 0:
-        raise InputError(f"--temperature must be positive, got {temperature}.")
+    ranges.check("temperature", temperature)
     logits = np.asarray(logits, np.float64) / temperature
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)

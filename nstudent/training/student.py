@@ -10,7 +10,7 @@ import dataclasses
 import tensorflow as tf
 from absl import logging
 
-from nstudent import data, models
+from nstudent import data, models, ranges
 from nstudent.errors import InputError
 from nstudent.evaluation import load_classifier
 from nstudent.training.optim import optimizer_for
@@ -53,12 +53,8 @@ def _teacher_network(path, model_config, digest=None):
 def check_distillation(temperature, labeled_loss_weight, settings=None):
     """Distillation divides the student's logits by T and needs the teacher's softmax
     at T; `settings`: the pseudo-labels' (None: flags only)."""
-    if temperature < 0:
-        raise InputError(f"--distill_temperature must be 0 (off) or positive, got "
-                         f"{temperature}.")
-    if labeled_loss_weight < 0:
-        raise InputError(f"--labeled_loss_weight must not be negative, got "
-                         f"{labeled_loss_weight}.")
+    ranges.check("distill_temperature", temperature)
+    ranges.check("labeled_loss_weight", labeled_loss_weight)
     if not temperature or settings is None:
         return
     if settings.get("hard") or settings.get("temperature") != temperature:
@@ -92,12 +88,8 @@ class StudentConfig:
     pseudo_class_weights: bool = False
 
     def __post_init__(self):
-        if self.unlabeled_ratio < 1:
-            raise InputError(f"--unlabeled_ratio must be at least 1, got "
-                             f"{self.unlabeled_ratio}.")
-        if self.pseudo_loss_weight is not None and self.pseudo_loss_weight < 0:
-            raise InputError(f"--pseudo_loss_weight must not be negative, got "
-                             f"{self.pseudo_loss_weight}.")
+        ranges.check_fields(self, "unlabeled_ratio", "pseudo_loss_weight",
+                            "labeled_loss_weight", "distill_temperature")
         check_distillation(self.distill_temperature, self.labeled_loss_weight)
 
     def pseudo_weight(self, multilabel=False):

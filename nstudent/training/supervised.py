@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from nstudent import ranges
 from nstudent.errors import InputError
 from nstudent.keras_private import ema_pairs
 from nstudent.training.optim import optimizer_for
@@ -37,20 +38,13 @@ class TrainConfig:
     calibration: str = "none"  # temperature: fit T on the held-out labels at the end
 
     def __post_init__(self):
-        if self.grad_accum_steps < 1:
-            raise InputError(f"--grad_accum_steps must be at least 1, got "
-                             f"{self.grad_accum_steps}.")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise InputError(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise InputError(f"--label_smoothing must be in [0, 1), got "
-                             f"{self.label_smoothing}.")
+        ranges.check_fields(self, "grad_accum_steps", "ema_decay", "label_smoothing",
+                            "eval_every_epochs", "backup_every_steps", "epochs",
+                            "steps_per_epoch", "learning_rate", "weight_decay",
+                            "warmup_epochs", train_steps="total_steps")
         if self.calibration not in CALIBRATIONS:
             raise InputError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got "
                              f"{self.calibration!r}.")
-        for name in ("eval_every_epochs", "backup_every_steps", "epochs", "total_steps"):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name} must not be negative.")
 
     def resolve(self, natural_steps):
         """This config with a concrete epoch: --steps_per_epoch steps, else
