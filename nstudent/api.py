@@ -37,8 +37,7 @@ STUDENT_SCHEDULE = {"student_epochs": 0, "student_warmup_epochs": -1.0,
 
 
 def _define_flags():
-    if "dataset" not in FLAGS:
-        cli.define_shared_flags()
+    cli.define_shared_flags()  # once per process
     if not FLAGS.is_parsed():
         FLAGS.mark_as_parsed()  # a library caller has no command line
 

@@ -33,15 +33,18 @@ def _group(name):
 
 def define_shared_flags():
     """Every tool takes every shared flag, so one flagfile serves all the stages; its
-    --help lists only those it reads (`help_lists`), --helpfull all of them."""
-    define_data_flags()
-    define_model_flags()
-    define_train_flags()
-    define_pseudo_label_flags()
-    define_student_flags()
-    define_finetune_flags()
-    define_pretrain_flags()
-    define_distribution_flags()
+    --help lists only those it reads (`help_lists`), --helpfull all of them. Once per
+    process: a group already defined (by another tool module or the Python API in the
+    same process) is not defined again."""
+    for group, define in (("data", define_data_flags), ("model", define_model_flags),
+                          ("train", define_train_flags),
+                          ("pseudo_label", define_pseudo_label_flags),
+                          ("student", define_student_flags),
+                          ("finetune", define_finetune_flags),
+                          ("pretrain", define_pretrain_flags),
+                          ("distribution", define_distribution_flags)):
+        if group not in GROUPS:
+            define()
 
 
 def shared_flag_names():

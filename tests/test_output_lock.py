@@ -90,19 +90,25 @@ print(cli.run_stage(fails(sys.argv[2] == "keep"), validate=False))
         assert out.exists() == kept and not os.path.exists(str(out) + ".lock")
 
 
-def test_pseudo_labeling_refuses_flags_that_disagree_with_its_teacher(tmp_path, toy_folder):
-    """What defines the teacher comes from its run: --channels=3 for a grey teacher and
-    another labeled subset (--labels_per_class) are refused by name before any work;
-    left out, they are taken from the teacher (the log says so)."""
+
+def _grey_teacher_run(path, toy_folder):
+    """A finished run of a tiny 1-channel model on 8 labels per class of the toy folder
+    (seed 0, a quarter held out), as train.py records it: what the stages adopt."""
     from conftest import TINY, TOY_CLASSES
     from nstudent import data, export, models
 
     config = models.ModelConfig(**TINY)
-    teacher = str(tmp_path / "teacher")
-    export.write_run(teacher, models.build_efficientnet(config), config,
+    export.write_run(path, models.build_efficientnet(config), config,
                      data.DatasetInfo("toy", 4, 1, TOY_CLASSES), {},
                      held_out={"dataset": f"folder:{toy_folder}", "labels_per_class": 8,
                                "seed": 0, "validation_fraction": 0.25, "examples": 8})
+    return path
+
+def test_pseudo_labeling_refuses_flags_that_disagree_with_its_teacher(tmp_path, toy_folder):
+    """What defines the teacher comes from its run: --channels=3 for a grey teacher and
+    another labeled subset (--labels_per_class) are refused by name before any work;
+    left out, they are taken from the teacher (the log says so)."""
+    teacher = _grey_teacher_run(str(tmp_path / "teacher"), toy_folder)
     base = [sys.executable, os.path.join(ROOT, "tools", "pseudo_label.py"),
             f"--dataset=folder:{toy_folder}", f"--teacher={teacher}", "--min_confidence=0",
             "--validation_fraction=0.25"]
@@ -127,20 +133,12 @@ def test_student_and_finetuning_refuse_flags_that_disagree_with_their_teacher(tm
     """The student reads its teacher's labeled subset and channels from the pseudo-label
     folder, fine-tuning from the run it tunes: a disagreeing flag is refused by name,
     exit 2, before any work or folder."""
-    from conftest import TINY, TOY_CLASSES
-    from nstudent import data, export, models
-
     pseudo = tmp_path / "pl"
     pseudo.mkdir()
     (pseudo / "stats.json").write_text(json.dumps({
         "channels": 1, "settings": {"dataset": f"folder:{toy_folder}",
                                     "labels_per_class": 8, "seed": 0}}))
-    config = models.ModelConfig(**TINY)
-    run = str(tmp_path / "gen1")
-    export.write_run(run, models.build_efficientnet(config), config,
-                     data.DatasetInfo("toy", 4, 1, TOY_CLASSES), {},
-                     held_out={"dataset": f"folder:{toy_folder}", "labels_per_class": 8,
-                               "seed": 0, "validation_fraction": 0.25, "examples": 8})
+    run = _grey_teacher_run(str(tmp_path / "gen1"), toy_folder)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     cases = (
         ("train.py", [f"--pseudo_labels={pseudo}", "--channels=3",
