@@ -63,7 +63,7 @@ RANGES = (
     ("ft_proj_selector", 0, True, None, False),
 )
 
-BY_NAME = {name: bounds for name, *bounds in [(r[0], *r[1:]) for r in RANGES]}
+BY_NAME = {name: bounds for name, *bounds in RANGES}
 
 
 def check_range(name, value, low, low_ok, high, high_ok):
@@ -92,7 +92,5 @@ def check(name, value):
 def check_fields(config, *names, **renamed):
     """A config's fields against their flags' ranges: `names` where the field is named
     as its flag, `renamed` as flag=field where it is not."""
-    for flag in names:
-        check(flag, getattr(config, flag))
-    for flag, field in renamed.items():
+    for flag, field in [*zip(names, names), *renamed.items()]:
         check(flag, getattr(config, field))
