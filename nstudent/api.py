@@ -192,14 +192,10 @@ def train_student(data, labels, recipe, out):
 
     with recipe.applied():
         model_config = cli.model_config(data.info)
-        train_config = cli.train_config()
-        warmup = recipe.schedule["student_warmup_epochs"]
-        train_config = dataclasses.replace(
-            train_config, epochs=recipe.schedule["student_epochs"] or train_config.epochs,
-            total_steps=FLAGS.student_steps,
-            learning_rate=recipe.schedule["student_learning_rate"] or
-            train_config.learning_rate,
-            warmup_epochs=warmup if warmup >= 0 else train_config.warmup_epochs)
+        schedule = recipe.schedule
+        train_config = cli.student_schedule(
+            cli.train_config(), schedule["student_epochs"],
+            schedule["student_learning_rate"], schedule["student_warmup_epochs"])
         metrics = training.train_student(
             out, data, pseudo_labels.load_pseudo_labels(_path(labels)), model_config,
             cli.input_config(model_config.resolved_image_size), train_config,

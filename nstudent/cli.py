@@ -1,6 +1,7 @@
 """Flags shared by the tools in tools/, and turning them into library objects."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -20,9 +21,12 @@ GROUPS = {}
 
 def _group(name):
     """Records which flags a define_*_flags function defines, so that a tool can list
-    whole groups in its --help (`help_lists`)."""
+    whole groups in its --help (`help_lists`); a group is defined once per process (a
+    tool module and the Python API in one process both ask for it)."""
     def wrap(define):
         def defines():
+            if name in GROUPS:
+                return
             before = set(FLAGS)
             define()
             GROUPS[name] = tuple(sorted(set(FLAGS) - before))
@@ -33,18 +37,15 @@ def _group(name):
 
 def define_shared_flags():
     """Every tool takes every shared flag, so one flagfile serves all the stages; its
-    --help lists only those it reads (`help_lists`), --helpfull all of them. Once per
-    process: a group already defined (by another tool module or the Python API in the
-    same process) is not defined again."""
-    for group, define in (("data", define_data_flags), ("model", define_model_flags),
-                          ("train", define_train_flags),
-                          ("pseudo_label", define_pseudo_label_flags),
-                          ("student", define_student_flags),
-                          ("finetune", define_finetune_flags),
-                          ("pretrain", define_pretrain_flags),
-                          ("distribution", define_distribution_flags)):
-        if group not in GROUPS:
-            define()
+    --help lists only those it reads (`help_lists`), --helpfull all of them."""
+    define_data_flags()
+    define_model_flags()
+    define_train_flags()
+    define_pseudo_label_flags()
+    define_student_flags()
+    define_finetune_flags()
+    define_pretrain_flags()
+    define_distribution_flags()
 
 
 def shared_flag_names():
@@ -497,6 +498,16 @@ def input_config(image_size, batch_size=None):
         crop_scale=_pair("crop_scale"), crop_ratio=_pair("crop_ratio"),
         center_crop=FLAGS.center_crop, cache=FLAGS.cache, fill_value=FLAGS.fill_value,
         cutout=FLAGS.cutout, geometric_noise=FLAGS.task != "multilabel")
+
+
+def student_schedule(train, epochs, learning_rate, warmup_epochs):
+    """A student's TrainConfig from the teacher's: its own epochs, peak learning rate
+    and warm-up where set (0, 0 and < 0: the teacher's), --student_steps as its exact
+    budget (0: the epochs)."""
+    return dataclasses.replace(
+        train, epochs=epochs or train.epochs, total_steps=FLAGS.student_steps,
+        learning_rate=learning_rate or train.learning_rate,
+        warmup_epochs=warmup_epochs if warmup_epochs >= 0 else train.warmup_epochs)
 
 
 def train_config():

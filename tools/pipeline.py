@@ -159,12 +159,9 @@ def make_plan(info):
                     "train_config": cli.pretrain_train_config(),
                     "config": cli.contrastive_config(size)}
     teacher_train = cli.train_config()
-    student_train = dataclasses.replace(
-        teacher_train, epochs=FLAGS.student_epochs or FLAGS.epochs,
-        total_steps=FLAGS.student_steps,
-        learning_rate=FLAGS.student_learning_rate or FLAGS.learning_rate,
-        warmup_epochs=(FLAGS.student_warmup_epochs if FLAGS.student_warmup_epochs >= 0
-                       else FLAGS.warmup_epochs))
+    student_train = cli.student_schedule(teacher_train, FLAGS.student_epochs,
+                                         FLAGS.student_learning_rate,
+                                         FLAGS.student_warmup_epochs)
     return Plan(
         models=tuple(generation_models(base)),
         input_config=cli.input_config(base.resolved_image_size),
